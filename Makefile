@@ -1,0 +1,59 @@
+# lmdbcache -- every target bootstraps what it needs on a fresh machine:
+# liblmdb-dev + pkg-config (apt-get, when missing and allowed), a .venv, and the
+# package built from this tree with its extras.
+PYTHON ?= python3
+VENV ?= .venv
+SAN_VENV ?= .venv-sanitize
+PIP_FLAGS ?= -q --disable-pip-version-check
+
+.PHONY: all deps venv install demo test bench sanitize docs clean
+
+all: test
+
+deps:
+	@if pkg-config --exists lmdb 2>/dev/null || [ -f /usr/include/lmdb.h ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  echo "installing liblmdb-dev and pkg-config with apt-get"; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq liblmdb-dev pkg-config >/dev/null; \
+	else \
+	  echo "liblmdb (with lmdb.h) is missing: install liblmdb-dev / lmdb-devel / 'brew install lmdb'"; exit 1; \
+	fi
+	@command -v pkg-config >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+	  { SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; $$SUDO apt-get install -y -qq pkg-config >/dev/null; }
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip setuptools wheel
+
+venv: $(VENV)/bin/python
+
+# The test build: warnings are errors.
+install: deps venv
+	rm -rf build
+	LMDBCACHE_STRICT=1 $(VENV)/bin/pip install $(PIP_FLAGS) --no-build-isolation ".[test,bench]"
+
+demo: install
+	$(VENV)/bin/python examples/demo.py
+
+test: install
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --import-mode=importlib tests
+
+bench: install
+	$(VENV)/bin/python benchmarks/bench.py
+
+# The whole suite with the extension under AddressSanitizer + UBSan.
+sanitize: deps
+	[ -x $(SAN_VENV)/bin/python ] || { $(PYTHON) -m venv $(SAN_VENV) && $(SAN_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip setuptools wheel; }
+	rm -rf build
+	LMDBCACHE_STRICT=1 LMDBCACHE_SANITIZE=1 $(SAN_VENV)/bin/pip install $(PIP_FLAGS) --no-build-isolation ".[test]"
+	rm -rf build
+	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) PYTHONMALLOC=malloc \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	LMDBCACHE_SANITIZED=1 $(SAN_VENV)/bin/python -m pytest -q -p no:cacheprovider --import-mode=importlib tests
+
+docs: venv
+	$(VENV)/bin/pip install $(PIP_FLAGS) ".[docs]" && $(VENV)/bin/mkdocs build --strict
+
+clean:
+	rm -rf build dist *.egg-info lmdbcache/*.so $(VENV) $(SAN_VENV) site

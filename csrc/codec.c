@@ -1,0 +1,527 @@
+/*
+ * codec.c -- the on-disk encodings of keys and values.
+ *
+ * Keys: one tag byte, then
+ *   's' str as UTF-8          'b' bytes as they are
+ *   'i' int in [-2**63, 2**63) as 8 big-endian bytes with the sign bit flipped
+ *       (order-preserving)
+ *   't' tuple: for each item, a LEB128 length then the item's own encoding
+ *   'p' anything else hashable, pickled (protocol 5)
+ *   'h' SHA-256 of an encoding longer than LMC_MAX_KEY; the full encoding is
+ *       then kept in the value record and compared on every lookup.
+ * Keys are equal when their encodings are: 1, 1.0 and True are three keys.
+ * str, bytes and int subclasses encode as their base type.
+ *
+ * Values: LMC_RECORD_VERSION, tag, flags, [8-byte expiry], [u32 length + full
+ * key], payload.  bytes, str, int64, float, None, True, False are stored
+ * natively; everything else is pickled with protocol 5.  Numbers use the
+ * machine's byte order (LMDB files do not move between byte orders either).
+ */
+#include "lmdbcache.h"
+
+#include <string.h>
+
+#define LMC_MAX_DEPTH 32
+
+/* ---- keys -------------------------------------------------------------------- */
+
+typedef struct {
+    unsigned char *p;
+    size_t len, cap;
+    unsigned char *stack; /* initial storage, not freed */
+} kbuf;
+
+static int kbuf_reserve(kbuf *b, size_t extra)
+{
+    size_t need = b->len + extra, cap;
+    unsigned char *p;
+
+    if (need <= b->cap)
+        return 0;
+    cap = b->cap * 2 > need ? b->cap * 2 : need;
+    if (b->p == b->stack) {
+        p = PyMem_Malloc(cap);
+        if (p != NULL)
+            memcpy(p, b->p, b->len);
+    }
+    else {
+        p = PyMem_Realloc(b->p, cap);
+    }
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int kbuf_put(kbuf *b, int tag, const void *data, size_t n)
+{
+    if (kbuf_reserve(b, n + 1) < 0)
+        return -1;
+    b->p[b->len++] = (unsigned char)tag;
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+    return 0;
+}
+
+static int encode_into(lmc_state *st, kbuf *b, PyObject *key, int depth);
+
+static int encode_pickled(lmc_state *st, kbuf *b, PyObject *key)
+{
+    PyObject *args[2] = {key, st->protocol};
+    PyObject *pickled;
+    int rc;
+
+    if (PyObject_Hash(key) == -1)
+        return -1; /* TypeError: unhashable type */
+    pickled = PyObject_Vectorcall(st->pickle_dumps, args, 2, NULL);
+    if (pickled == NULL) {
+        lmc_raise_from(PyExc_TypeError, "cache key of type %.100s cannot be pickled",
+                       Py_TYPE(key)->tp_name);
+        return -1;
+    }
+    rc = kbuf_put(b, LMC_KEY_PICKLE, PyBytes_AS_STRING(pickled),
+                  (size_t)PyBytes_GET_SIZE(pickled));
+    Py_DECREF(pickled);
+    return rc;
+}
+
+static int encode_tuple(lmc_state *st, kbuf *b, PyObject *key, int depth)
+{
+    Py_ssize_t i, n = PyTuple_GET_SIZE(key);
+    size_t start, item, len, shift;
+    unsigned char varint[10];
+    int nv;
+
+    if (kbuf_reserve(b, 1) < 0)
+        return -1;
+    b->p[b->len++] = LMC_KEY_TUPLE;
+    for (i = 0; i < n; i++) {
+        /* Encode the item first, then insert its length in front of it. */
+        start = b->len;
+        if (encode_into(st, b, PyTuple_GET_ITEM(key, i), depth + 1) < 0)
+            return -1;
+        item = b->len - start;
+        for (len = item, nv = 0, shift = 0; nv == 0 || len != 0; shift += 7) {
+            varint[nv++] = (unsigned char)((len & 0x7f) | (len >= 0x80 ? 0x80 : 0));
+            len >>= 7;
+        }
+        if (kbuf_reserve(b, (size_t)nv) < 0)
+            return -1;
+        memmove(b->p + start + nv, b->p + start, item);
+        memcpy(b->p + start, varint, (size_t)nv);
+        b->len += (size_t)nv;
+    }
+    return 0;
+}
+
+static int encode_into(lmc_state *st, kbuf *b, PyObject *key, int depth)
+{
+    if (depth > LMC_MAX_DEPTH) {
+        PyErr_SetString(PyExc_TypeError, "cache key is nested too deeply");
+        return -1;
+    }
+    if (PyUnicode_Check(key)) {
+        Py_ssize_t n;
+        const char *p = PyUnicode_AsUTF8AndSize(key, &n);
+        if (p != NULL)
+            return kbuf_put(b, LMC_KEY_STR, p, (size_t)n);
+        PyErr_Clear(); /* lone surrogates: not UTF-8, pickled below */
+    }
+    else if (PyBytes_Check(key)) {
+        return kbuf_put(b, LMC_KEY_BYTES, PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key));
+    }
+    else if (PyLong_Check(key) && !PyBool_Check(key)) {
+        int overflow, i;
+        long long v = PyLong_AsLongLongAndOverflow(key, &overflow);
+        unsigned char be[8];
+        uint64_t u;
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        if (!overflow) {
+            u = (uint64_t)v ^ ((uint64_t)1 << 63);
+            for (i = 7; i >= 0; i--, u >>= 8)
+                be[i] = (unsigned char)(u & 0xff);
+            return kbuf_put(b, LMC_KEY_INT, be, 8);
+        }
+    }
+    else if (PyTuple_CheckExact(key)) {
+        return encode_tuple(st, b, key, depth);
+    }
+    return encode_pickled(st, b, key);
+}
+
+static int key_digest(lmc_state *st, const unsigned char *p, size_t n, lmc_key *out)
+{
+    PyObject *hasher = NULL, *digest = NULL;
+    int rc = -1;
+
+    out->full = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+    if (out->full == NULL)
+        goto done;
+    hasher = PyObject_CallOneArg(st->sha256, out->full);
+    if (hasher == NULL)
+        goto done;
+    digest = PyObject_CallMethod(hasher, "digest", NULL);
+    if (digest == NULL)
+        goto done;
+    if (!PyBytes_Check(digest) || PyBytes_GET_SIZE(digest) != 32) {
+        PyErr_SetString(PyExc_SystemError, "sha256 digest is not 32 bytes");
+        goto done;
+    }
+    out->buf[0] = LMC_KEY_DIGEST;
+    memcpy(out->buf + 1, PyBytes_AS_STRING(digest), 32);
+    out->val.mv_data = out->buf;
+    out->val.mv_size = 33;
+    rc = 0;
+done:
+    Py_XDECREF(hasher);
+    Py_XDECREF(digest);
+    if (rc < 0)
+        Py_CLEAR(out->full);
+    return rc;
+}
+
+int lmc_key_encode(lmc_state *st, PyObject *key, lmc_key *out)
+{
+    kbuf b;
+    int rc;
+
+    out->full = NULL;
+    /* Fast path: an exact str that fits. */
+    if (LMC_LIKELY(PyUnicode_CheckExact(key))) {
+        Py_ssize_t n;
+        const char *p = PyUnicode_AsUTF8AndSize(key, &n);
+        if (LMC_LIKELY(p != NULL && n < LMC_MAX_KEY)) {
+            out->buf[0] = LMC_KEY_STR;
+            memcpy(out->buf + 1, p, (size_t)n);
+            out->val.mv_data = out->buf;
+            out->val.mv_size = (size_t)n + 1;
+            return 0;
+        }
+        if (p == NULL)
+            PyErr_Clear();
+    }
+    b.p = b.stack = out->buf;
+    b.len = 0;
+    b.cap = sizeof(out->buf);
+    rc = encode_into(st, &b, key, 0);
+    if (rc == 0) {
+        if (b.len <= LMC_MAX_KEY) {
+            if (b.p != out->buf)
+                memcpy(out->buf, b.p, b.len);
+            out->val.mv_data = out->buf;
+            out->val.mv_size = b.len;
+        }
+        else {
+            rc = key_digest(st, b.p, b.len, out);
+        }
+    }
+    if (b.p != b.stack)
+        PyMem_Free(b.p);
+    return rc;
+}
+
+static PyObject *decode_one(lmc_state *st, const unsigned char *p, size_t n, int depth);
+
+static PyObject *decode_tuple(lmc_state *st, const unsigned char *p, size_t n, int depth)
+{
+    PyObject *list = PyList_New(0), *item, *tuple = NULL;
+    size_t pos = 0, len, shift;
+
+    if (list == NULL)
+        return NULL;
+    while (pos < n) {
+        for (len = 0, shift = 0;; shift += 7) {
+            if (pos >= n || shift > 56)
+                goto bad;
+            len |= (size_t)(p[pos] & 0x7f) << shift;
+            if ((p[pos++] & 0x80) == 0)
+                break;
+        }
+        if (len == 0 || len > n - pos)
+            goto bad;
+        item = decode_one(st, p + pos, len, depth + 1);
+        if (item == NULL || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            goto error;
+        }
+        Py_DECREF(item);
+        pos += len;
+    }
+    tuple = PyList_AsTuple(list);
+    Py_DECREF(list);
+    return tuple;
+bad:
+    PyErr_SetString(PyExc_ValueError, "bad tuple key encoding");
+error:
+    Py_DECREF(list);
+    return NULL;
+}
+
+static PyObject *decode_one(lmc_state *st, const unsigned char *p, size_t n, int depth)
+{
+    if (n == 0 || depth > LMC_MAX_DEPTH)
+        goto bad;
+    switch (p[0]) {
+    case LMC_KEY_STR:
+        return PyUnicode_DecodeUTF8((const char *)p + 1, (Py_ssize_t)n - 1, "strict");
+    case LMC_KEY_BYTES:
+        return PyBytes_FromStringAndSize((const char *)p + 1, (Py_ssize_t)n - 1);
+    case LMC_KEY_INT: {
+        uint64_t u = 0;
+        size_t i;
+        if (n != 9)
+            goto bad;
+        for (i = 1; i < 9; i++)
+            u = (u << 8) | p[i];
+        return PyLong_FromLongLong((long long)(u ^ ((uint64_t)1 << 63)));
+    }
+    case LMC_KEY_TUPLE:
+        return decode_tuple(st, p + 1, n - 1, depth);
+    case LMC_KEY_PICKLE: {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)p + 1, (Py_ssize_t)n - 1);
+        PyObject *key;
+        if (b == NULL)
+            return NULL;
+        key = PyObject_CallOneArg(st->pickle_loads, b);
+        Py_DECREF(b);
+        return key;
+    }
+    default:
+        break;
+    }
+bad:
+    PyErr_SetString(PyExc_ValueError, "unknown key encoding");
+    return NULL;
+}
+
+PyObject *lmc_key_decode(lmc_state *st, const char *p, size_t n)
+{
+    PyObject *key = decode_one(st, (const unsigned char *)p, n, 0);
+    if (key == NULL && (PyErr_ExceptionMatches(PyExc_ValueError) ||
+                        PyErr_ExceptionMatches(st->UnpicklingError) ||
+                        PyErr_ExceptionMatches(PyExc_EOFError)))
+        lmc_raise_from(st->CorruptError, "a stored key cannot be decoded");
+    return key;
+}
+
+/* ---- values ------------------------------------------------------------------ */
+
+int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_key *key, double expires,
+                     lmc_value *out)
+{
+    PyTypeObject *tp = Py_TYPE(value);
+    Py_ssize_t slen;
+    int tag, flags = 0;
+    size_t n = LMC_HEADER_SIZE;
+
+    out->owner = NULL;
+    out->data = NULL;
+    out->data_len = 0;
+    out->key = NULL;
+    out->key_len = 0;
+    if (tp == &PyBytes_Type) {
+        tag = LMC_VAL_BYTES;
+        out->data = PyBytes_AS_STRING(value);
+        out->data_len = (size_t)PyBytes_GET_SIZE(value);
+        out->owner = Py_NewRef(value);
+    }
+    else if (tp == &PyUnicode_Type && (out->data = PyUnicode_AsUTF8AndSize(value, &slen)) != NULL) {
+        tag = LMC_VAL_STR;
+        out->data_len = (size_t)slen;
+        out->owner = Py_NewRef(value);
+    }
+    else if (value == Py_None) {
+        tag = LMC_VAL_NONE;
+    }
+    else if (value == Py_True) {
+        tag = LMC_VAL_TRUE;
+    }
+    else if (value == Py_False) {
+        tag = LMC_VAL_FALSE;
+    }
+    else if (tp == &PyFloat_Type) {
+        double d = PyFloat_AS_DOUBLE(value);
+        tag = LMC_VAL_FLOAT;
+        memcpy(out->num, &d, 8);
+        out->data = (const char *)out->num;
+        out->data_len = 8;
+    }
+    else {
+        PyObject *args[2] = {value, st->protocol};
+        int overflow = 1;
+        long long v = 0;
+        if (tp == &PyLong_Type) {
+            v = PyLong_AsLongLongAndOverflow(value, &overflow);
+            if (v == -1 && PyErr_Occurred())
+                return -1;
+        }
+        if (!overflow) {
+            tag = LMC_VAL_INT;
+            memcpy(out->num, &v, 8);
+            out->data = (const char *)out->num;
+            out->data_len = 8;
+        }
+        else {
+            PyErr_Clear(); /* a str with lone surrogates lands here too */
+            out->owner = PyObject_Vectorcall(st->pickle_dumps, args, 2, NULL);
+            if (out->owner == NULL)
+                return -1;
+            tag = LMC_VAL_PICKLE;
+            out->data = PyBytes_AS_STRING(out->owner);
+            out->data_len = (size_t)PyBytes_GET_SIZE(out->owner);
+        }
+    }
+    if (expires > 0) {
+        flags |= LMC_FLAG_EXPIRES;
+        memcpy(out->head + n, &expires, 8);
+        n += 8;
+    }
+    if (key != NULL && key->full != NULL) {
+        uint32_t kl = (uint32_t)PyBytes_GET_SIZE(key->full);
+        flags |= LMC_FLAG_LONGKEY;
+        memcpy(out->head + n, &kl, 4);
+        n += 4;
+        out->key = PyBytes_AS_STRING(key->full);
+        out->key_len = kl;
+    }
+    out->head[0] = LMC_RECORD_VERSION;
+    out->head[1] = (unsigned char)tag;
+    out->head[2] = (unsigned char)flags;
+    out->head_len = n;
+    return 0;
+}
+
+void lmc_value_write(const lmc_value *v, char *dst)
+{
+    memcpy(dst, v->head, v->head_len);
+    dst += v->head_len;
+    if (v->key_len) {
+        memcpy(dst, v->key, v->key_len);
+        dst += v->key_len;
+    }
+    if (v->data_len)
+        memcpy(dst, v->data, v->data_len);
+}
+
+const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec)
+{
+    size_t off = LMC_HEADER_SIZE;
+    uint32_t kl;
+
+    if (LMC_UNLIKELY(n < LMC_HEADER_SIZE))
+        return "record shorter than its header";
+    if (LMC_UNLIKELY((unsigned char)p[0] != LMC_RECORD_VERSION))
+        return "unknown record version";
+    rec->tag = (unsigned char)p[1];
+    rec->flags = (unsigned char)p[2];
+    rec->expires = 0;
+    rec->key = NULL;
+    rec->key_len = 0;
+    if (LMC_UNLIKELY(rec->flags & ~LMC_KNOWN_FLAGS))
+        return "unknown record flags";
+    if (rec->flags & LMC_FLAG_EXPIRES) {
+        if (n - off < 8)
+            return "truncated expiry";
+        memcpy(&rec->expires, p + off, 8);
+        off += 8;
+    }
+    if (rec->flags & LMC_FLAG_LONGKEY) {
+        if (n - off < 4)
+            return "truncated key length";
+        memcpy(&kl, p + off, 4);
+        off += 4;
+        if (n - off < kl)
+            return "truncated key";
+        rec->key = p + off;
+        rec->key_len = kl;
+        off += kl;
+    }
+    rec->data = p + off;
+    rec->data_len = n - off;
+    switch (rec->tag) {
+    case LMC_VAL_NONE:
+    case LMC_VAL_TRUE:
+    case LMC_VAL_FALSE:
+        return rec->data_len == 0 ? NULL : "payload after a constant";
+    case LMC_VAL_INT:
+    case LMC_VAL_FLOAT:
+        return rec->data_len == 8 ? NULL : "number payload is not 8 bytes";
+    case LMC_VAL_BYTES:
+    case LMC_VAL_STR:
+        return NULL;
+    case LMC_VAL_PICKLE:
+        return rec->data_len != 0 ? NULL : "empty pickle";
+    default:
+        return "unknown value type tag";
+    }
+}
+
+int lmc_record_parse(lmc_state *st, const char *p, size_t n, lmc_record *rec, const char *path)
+{
+    const char *why = lmc_record_parse_raw(p, n, rec);
+    if (LMC_LIKELY(why == NULL))
+        return 0;
+    PyErr_Format(st->CorruptError, "corrupt record in '%s': %s", path, why);
+    return -1;
+}
+
+int lmc_record_matches(const lmc_record *rec, const lmc_key *key)
+{
+    if (key->full == NULL)
+        return rec->key == NULL;
+    return rec->key != NULL && rec->key_len == (size_t)PyBytes_GET_SIZE(key->full) &&
+           memcmp(rec->key, PyBytes_AS_STRING(key->full), rec->key_len) == 0;
+}
+
+PyObject *lmc_record_take(const lmc_record *rec, int *pickled)
+{
+    *pickled = 0;
+    switch (rec->tag) {
+    case LMC_VAL_BYTES:
+        return PyBytes_FromStringAndSize(rec->data, (Py_ssize_t)rec->data_len);
+    case LMC_VAL_STR:
+        return PyUnicode_DecodeUTF8(rec->data, (Py_ssize_t)rec->data_len, "strict");
+    case LMC_VAL_NONE:
+        Py_RETURN_NONE;
+    case LMC_VAL_TRUE:
+        Py_RETURN_TRUE;
+    case LMC_VAL_FALSE:
+        Py_RETURN_FALSE;
+    case LMC_VAL_INT: {
+        long long v;
+        memcpy(&v, rec->data, 8);
+        return PyLong_FromLongLong(v);
+    }
+    case LMC_VAL_FLOAT: {
+        double d;
+        memcpy(&d, rec->data, 8);
+        return PyFloat_FromDouble(d);
+    }
+    default: /* LMC_VAL_PICKLE: parse admitted no other tag */
+        *pickled = 1;
+        return PyBytes_FromStringAndSize(rec->data, (Py_ssize_t)rec->data_len);
+    }
+}
+
+PyObject *lmc_value_finish(lmc_state *st, PyObject *obj, int pickled, const char *path)
+{
+    PyObject *value;
+
+    if (obj == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            lmc_raise_from(st->CorruptError, "corrupt record in '%s': invalid UTF-8", path);
+        return NULL;
+    }
+    if (!pickled)
+        return obj;
+    value = PyObject_CallOneArg(st->pickle_loads, obj);
+    Py_DECREF(obj);
+    if (value == NULL && (PyErr_ExceptionMatches(st->UnpicklingError) ||
+                          PyErr_ExceptionMatches(PyExc_EOFError)))
+        lmc_raise_from(st->CorruptError, "corrupt record in '%s': bad pickle", path);
+    return value;
+}

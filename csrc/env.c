@@ -1,0 +1,455 @@
+/*
+ * env.c -- the LMDB environment: one per directory per process.
+ *
+ * CONTRACT
+ *
+ * Registry.  LMDB forbids opening one environment twice in a process: closing
+ * the second descriptor would drop the process's fcntl locks on the lock file.
+ * `registry` lists this process's open Envs, keyed by the directory's
+ * (st_dev, st_ino); every Store on that directory shares one reference-counted
+ * Env, and the last release closes it.  The registry and the reference counts
+ * are touched only with the GIL held.
+ *
+ * Fork.  After fork() the child runs lmc_atfork_child (module.c), which bumps
+ * lmc_fork_generation and empties the registry (pointer writes only).  An Env
+ * whose `generation` differs from lmc_fork_generation was opened by an ancestor
+ * process: it is *abandoned*.  Nothing of it -- the MDB_env, its cached read
+ * txn, its descriptors -- is ever passed to LMDB or close() again, because
+ *   - ending an inherited read txn writes into the parent's reader slot (the
+ *     reader table is a shared mapping): the parent then gets MDB_BAD_RSLOT or
+ *     loses the protection of its snapshot;
+ *   - closing an inherited descriptor of the lock file would drop the fcntl
+ *     locks the child's *own* new Env holds on that file (POSIX record locks
+ *     belong to the process and die with any of its descriptors to the file).
+ * The child's Stores notice the stale generation on their next call (an integer
+ * compare, no syscall) and acquire a fresh Env.  Releasing an abandoned Env
+ * frees only this struct: the inherited MDB_env leaks until exit.
+ *
+ * Transactions.  The Env is opened with MDB_NOTLS, so a reader slot belongs to
+ * a txn, not a thread.  Reads use `rtxn`: renew -> get -> copy out -> reset,
+ * all with the GIL held and no Python code running in between, so `rtxn` is
+ * never used by two threads at once (rtxn_busy guards against reentry anyway).
+ * Writes run with the GIL released, under `write_lock`, a mutex taken only
+ * with the GIL released.  Map resizing (mdb_env_set_mapsize) requires that no
+ * txn of this process is active: it runs holding both write_lock (no writer)
+ * and the GIL (no reader, since readers hold the GIL for a whole txn).
+ */
+#include "lmdbcache.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define LMC_MAX_DBS 64
+/* Room deletions may take beyond size_limit, so that a full cache can always
+ * be emptied: LMDB copies pages on write, a delete needs a few free pages. */
+#define LMC_DELETE_RESERVE ((size_t)1 << 20)
+
+static lmc_env *registry = NULL;
+
+void lmc_env_forget_all(void)
+{
+    /* Called in a freshly forked child: the entries stay owned by the Stores
+     * that hold them and are abandoned when released. */
+    registry = NULL;
+}
+
+static void registry_unlink(lmc_env *e)
+{
+    lmc_env **p;
+    for (p = &registry; *p != NULL; p = &(*p)->next) {
+        if (*p == e) {
+            *p = e->next;
+            return;
+        }
+    }
+}
+
+void lmc_env_release(lmc_env *e)
+{
+    if (--e->refcnt > 0)
+        return;
+    if (lmc_env_is_current(e)) {
+        registry_unlink(e);
+        if (e->rtxn != NULL)
+            mdb_txn_abort(e->rtxn);
+        mdb_env_close(e->env);
+        pthread_mutex_destroy(&e->write_lock);
+    }
+    /* else: inherited from an ancestor process -- abandoned, see CONTRACT. */
+    PyMem_RawFree(e->path);
+    PyMem_RawFree(e);
+}
+
+/* Adopt a map size grown by another process.  GIL held on entry and exit. */
+static int env_adopt_mapsize(lmc_env *e)
+{
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&e->write_lock);
+    Py_END_ALLOW_THREADS
+    rc = mdb_env_set_mapsize(e->env, 0);
+    pthread_mutex_unlock(&e->write_lock);
+    return rc;
+}
+
+static int read_begin_slow(lmc_env *e, MDB_txn **txn)
+{
+    int rc, attempt;
+    int dead;
+
+    for (attempt = 0;; attempt++) {
+        rc = mdb_txn_begin(e->env, NULL, MDB_RDONLY, txn);
+        if (rc == 0 || attempt >= 3)
+            break;
+        if (rc == MDB_READERS_FULL)
+            rc = mdb_reader_check(e->env, &dead); /* reclaim slots of dead pids */
+        else if (rc == MDB_MAP_RESIZED)
+            rc = env_adopt_mapsize(e);
+        if (rc != 0)
+            break;
+    }
+    if (rc != 0)
+        return rc;
+    if (e->rtxn == NULL) {
+        e->rtxn = *txn;
+        e->rtxn_busy = 1;
+    }
+    return 0;
+}
+
+int lmc_read_begin(lmc_env *e, MDB_txn **txn)
+{
+    if (LMC_LIKELY(e->rtxn != NULL && !e->rtxn_busy)) {
+        int rc = mdb_txn_renew(e->rtxn);
+        if (LMC_LIKELY(rc == 0)) {
+            e->rtxn_busy = 1;
+            *txn = e->rtxn;
+            return 0;
+        }
+        mdb_txn_abort(e->rtxn);
+        e->rtxn = NULL;
+    }
+    return read_begin_slow(e, txn);
+}
+
+void lmc_read_end(lmc_env *e, MDB_txn *txn)
+{
+    if (txn == e->rtxn) {
+        mdb_txn_reset(txn);
+        e->rtxn_busy = 0;
+    }
+    else {
+        mdb_txn_abort(txn);
+    }
+}
+
+/* Grow the map after MDB_MAP_FULL.  GIL and write_lock held. */
+static int env_grow(lmc_env *e, int kind)
+{
+    MDB_envinfo info;
+    size_t cur, want, cap;
+    int rc = mdb_env_info(e->env, &info);
+
+    if (rc != 0)
+        return rc;
+    cur = info.me_mapsize;
+    want = cur * 2;
+    if (e->size_limit != 0) {
+        cap = e->size_limit;
+        if (kind == LMC_WRITE_FREES)
+            cap = (cur > cap ? cur : cap) + LMC_DELETE_RESERVE;
+        if (cur >= cap)
+            return MDB_MAP_FULL;
+        if (want > cap)
+            want = cap;
+    }
+    want = (want + e->page_size - 1) / e->page_size * e->page_size;
+    return mdb_env_set_mapsize(e->env, want);
+}
+
+int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind)
+{
+    MDB_txn *txn;
+    int rc, again, attempts = 0;
+
+    e->refcnt++; /* a close() in another thread must not free e under us */
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&e->write_lock);
+    do {
+        again = 0;
+        rc = mdb_txn_begin(e->env, NULL, 0, &txn);
+        if (rc == 0) {
+            rc = fn(txn, e, arg);
+            if (rc == 0)
+                rc = mdb_txn_commit(txn);
+            else
+                mdb_txn_abort(txn);
+        }
+        if ((rc == MDB_MAP_FULL || rc == MDB_MAP_RESIZED) && attempts++ < 64) {
+            Py_BLOCK_THREADS
+            rc = rc == MDB_MAP_FULL ? env_grow(e, kind) : mdb_env_set_mapsize(e->env, 0);
+            Py_UNBLOCK_THREADS
+            again = rc == 0;
+        }
+    } while (again);
+    pthread_mutex_unlock(&e->write_lock);
+    Py_END_ALLOW_THREADS
+    lmc_env_release(e);
+    return rc;
+}
+
+int lmc_env_count(lmc_env *e, MDB_txn *txn, size_t *count)
+{
+    MDB_stat ms;
+    MDB_cursor *cur = NULL;
+    MDB_val k, v;
+    size_t internal = 0;
+    int rc;
+
+    rc = mdb_stat(txn, e->main_dbi, &ms);
+    if (rc != 0)
+        goto done;
+    rc = mdb_cursor_open(txn, e->main_dbi, &cur);
+    if (rc != 0)
+        goto done;
+    /* Sub-database records sort before every user key: count them. */
+    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    while (rc == 0 && k.mv_size > 0 && ((unsigned char *)k.mv_data)[0] < LMC_FIRST_KEY_TAG) {
+        internal++;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    if (rc == 0)
+        *count = ms.ms_entries - internal;
+done:
+    if (cur != NULL)
+        mdb_cursor_close(cur);
+    return rc;
+}
+
+/* ---- opening --------------------------------------------------------------- */
+
+static int parse_format(const MDB_val *v, long *out)
+{
+    char buf[16];
+    char *end;
+    if (v->mv_size == 0 || v->mv_size >= sizeof(buf))
+        return -1;
+    memcpy(buf, v->mv_data, v->mv_size);
+    buf[v->mv_size] = '\0';
+    *out = strtol(buf, &end, 10);
+    return *end == '\0' ? 0 : -1;
+}
+
+/* Check (and on a new cache, write) the format record; open the dbi handles. */
+static int env_init_meta(lmc_state *st, lmc_env *e)
+{
+    MDB_txn *txn = NULL;
+    MDB_val key = {6, (void *)"format"}, val;
+    MDB_stat ms;
+    char verbuf[16];
+    const char *op = "read the cache format";
+    long version;
+    int rc, readonly = (e->flags & MDB_RDONLY) != 0, writing = 0;
+
+again:
+    Py_BEGIN_ALLOW_THREADS
+    rc = mdb_txn_begin(e->env, NULL, writing ? 0 : MDB_RDONLY, &txn);
+    Py_END_ALLOW_THREADS
+    if (rc != 0)
+        goto lmdb_error;
+    rc = mdb_dbi_open(txn, NULL, 0, &e->main_dbi);
+    if (rc != 0)
+        goto lmdb_error;
+    rc = mdb_dbi_open(txn, LMC_META_DB, 0, &e->meta_dbi);
+    if (rc == MDB_NOTFOUND) {
+        /* No __meta__: a new cache, unless the database holds other things. */
+        rc = mdb_stat(txn, e->main_dbi, &ms);
+        if (rc != 0)
+            goto lmdb_error;
+        if (ms.ms_entries != 0) {
+            PyErr_Format(st->FormatError,
+                         "'%s' holds an LMDB database that is not an lmdbcache cache", e->path);
+            goto error;
+        }
+        if (readonly) {
+            PyErr_Format(st->FormatError,
+                         "'%s' holds no lmdbcache cache yet and readonly=True cannot create one",
+                         e->path);
+            goto error;
+        }
+        if (!writing) {
+            mdb_txn_abort(txn);
+            txn = NULL;
+            writing = 1;
+            goto again;
+        }
+        op = "create the cache";
+        rc = mdb_dbi_open(txn, LMC_META_DB, MDB_CREATE, &e->meta_dbi);
+        if (rc != 0)
+            goto lmdb_error;
+        PyOS_snprintf(verbuf, sizeof(verbuf), "%d", LMC_FORMAT_VERSION);
+        val.mv_size = strlen(verbuf);
+        val.mv_data = verbuf;
+        rc = mdb_put(txn, e->meta_dbi, &key, &val, 0);
+        if (rc != 0)
+            goto lmdb_error;
+    }
+    else if (rc != 0) {
+        goto lmdb_error;
+    }
+    else {
+        rc = mdb_get(txn, e->meta_dbi, &key, &val);
+        if (rc != 0 || parse_format(&val, &version) != 0 || version < 1) {
+            PyErr_Format(st->FormatError, "'%s' has a damaged or missing format record",
+                         e->path);
+            goto error;
+        }
+        if (version > LMC_FORMAT_VERSION) {
+            PyErr_Format(st->FormatError,
+                         "'%s' was written by a newer lmdbcache (format %ld); this version "
+                         "reads format %d: upgrade lmdbcache or use another directory",
+                         e->path, version, LMC_FORMAT_VERSION);
+            goto error;
+        }
+    }
+    /* Committing (even a read txn) makes the dbi handles env-wide. */
+    Py_BEGIN_ALLOW_THREADS
+    rc = mdb_txn_commit(txn);
+    Py_END_ALLOW_THREADS
+    txn = NULL;
+    if (rc != 0)
+        goto lmdb_error;
+    return 0;
+
+lmdb_error:
+    lmc_raise(st, rc, op, e->path);
+error:
+    if (txn != NULL)
+        mdb_txn_abort(txn);
+    return -1;
+}
+
+static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
+                         const lmc_options *opt)
+{
+    lmc_env *e;
+    size_t map_size = opt->map_size;
+    const char *op = "open the environment";
+    MDB_stat ms;
+    int rc, fd, dead, opened = 0;
+
+    e = PyMem_RawCalloc(1, sizeof(*e));
+    if (e == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    e->path = PyMem_RawMalloc(strlen(path) + 1);
+    if (e->path == NULL) {
+        PyMem_RawFree(e);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    strcpy(e->path, path);
+    e->flags = MDB_NOTLS | (opt->readonly ? MDB_RDONLY : 0) | (opt->sync ? 0 : MDB_NOSYNC);
+    e->size_limit = opt->size_limit;
+    if (e->size_limit != 0 && map_size > e->size_limit)
+        map_size = e->size_limit;
+
+    rc = mdb_env_create(&e->env);
+    if (rc != 0)
+        goto lmdb_error;
+    opened = 1;
+    if ((rc = mdb_env_set_maxreaders(e->env, opt->max_readers)) != 0 ||
+        (rc = mdb_env_set_maxdbs(e->env, LMC_MAX_DBS)) != 0 ||
+        (rc = mdb_env_set_mapsize(e->env, map_size)) != 0)
+        goto lmdb_error;
+    Py_BEGIN_ALLOW_THREADS
+    rc = mdb_env_open(e->env, path, e->flags, 0600);
+    Py_END_ALLOW_THREADS
+    if (rc != 0)
+        goto lmdb_error;
+    /* LMDB leaves the data descriptor inheritable: an exec'd program must not
+     * keep it (nor hold the file open after we close it). */
+    op = "set close-on-exec";
+    rc = mdb_env_get_fd(e->env, &fd);
+    if (rc != 0)
+        goto lmdb_error;
+    if (fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC) == -1) {
+        rc = errno;
+        goto lmdb_error;
+    }
+    if (mdb_env_get_maxkeysize(e->env) < LMC_MAX_KEY) {
+        PyErr_Format(st->Error, "liblmdb was built with a key limit below %d bytes",
+                     LMC_MAX_KEY);
+        goto error;
+    }
+    op = "reclaim stale readers";
+    if ((rc = mdb_reader_check(e->env, &dead)) != 0)
+        goto lmdb_error;
+    op = "stat the environment";
+    if ((rc = mdb_env_stat(e->env, &ms)) != 0)
+        goto lmdb_error;
+    e->page_size = ms.ms_psize;
+    if (pthread_mutex_init(&e->write_lock, NULL) != 0) {
+        PyErr_SetString(PyExc_MemoryError, "pthread_mutex_init failed");
+        goto error;
+    }
+    if (env_init_meta(st, e) < 0) {
+        pthread_mutex_destroy(&e->write_lock);
+        goto error;
+    }
+    e->generation = lmc_fork_generation;
+    e->dev = sb->st_dev;
+    e->ino = sb->st_ino;
+    e->refcnt = 1;
+    e->next = registry;
+    registry = e;
+    return e;
+
+lmdb_error:
+    lmc_raise(st, rc, op, path);
+error:
+    if (opened)
+        mdb_env_close(e->env);
+    PyMem_RawFree(e->path);
+    PyMem_RawFree(e);
+    return NULL;
+}
+
+lmc_env *lmc_env_acquire(lmc_state *st, const char *path, const lmc_options *opt)
+{
+    struct stat sb;
+    lmc_env *e;
+    const char *clash = NULL;
+
+    if (stat(path, &sb) != 0) {
+        lmc_raise(st, errno, "open the cache directory", path);
+        return NULL;
+    }
+    if (!S_ISDIR(sb.st_mode)) {
+        lmc_raise(st, ENOTDIR, "open the cache directory", path);
+        return NULL;
+    }
+    for (e = registry; e != NULL; e = e->next) {
+        if (e->dev != sb.st_dev || e->ino != sb.st_ino)
+            continue;
+        if ((e->flags & MDB_RDONLY) && !opt->readonly)
+            clash = "it is open read-only; close those caches to open it for writing";
+        else if (((e->flags & MDB_NOSYNC) == 0) != (opt->sync != 0))
+            clash = "it is open with another durability";
+        else if (e->size_limit != opt->size_limit)
+            clash = "it is open with another size_limit";
+        if (clash != NULL) {
+            PyErr_Format(st->Error, "cannot open '%s' in this process: %s", path, clash);
+            return NULL;
+        }
+        e->refcnt++;
+        return e;
+    }
+    return env_open(st, path, &sb, opt);
+}

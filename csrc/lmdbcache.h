@@ -1,0 +1,221 @@
+/*
+ * lmdbcache.h -- internal declarations shared by the files of lmdbcache._core.
+ *
+ *   module.c  module state, exception types, the LMDB error table, fork generation
+ *   env.c     Env: one MDB_env per directory per process, txn discipline, map growth
+ *   codec.c   key and value encodings (the on-disk format), pickle via module state
+ *   store.c   the Store type (the mapping) and its iterator type
+ *
+ * Everything here runs with the GIL held unless a comment says otherwise.
+ */
+#ifndef LMDBCACHE_H
+#define LMDBCACHE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#if defined(__GNUC__)
+#define LMC_LIKELY(x) __builtin_expect(!!(x), 1)
+#define LMC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define LMC_LIKELY(x) (x)
+#define LMC_UNLIKELY(x) (x)
+#endif
+
+/* ---- on-disk format ------------------------------------------------------ */
+
+/* Version of the whole cache layout, stored in __meta__ under "format". */
+#define LMC_FORMAT_VERSION 1
+/* Version byte at the start of every value record. */
+#define LMC_RECORD_VERSION 1
+/* LMDB's default MDB_MAXKEYSIZE; checked against the library at open. */
+#define LMC_MAX_KEY 511
+/* Name of the metadata sub-database.  Its first byte, '_', sorts below every
+ * key tag, so sub-database records in the main DB come before all user keys. */
+#define LMC_META_DB "__meta__"
+/* Smallest byte that can start a user key in the main DB. */
+#define LMC_FIRST_KEY_TAG 'b'
+
+/* key tags */
+#define LMC_KEY_BYTES 'b'
+#define LMC_KEY_DIGEST 'h'
+#define LMC_KEY_INT 'i'
+#define LMC_KEY_PICKLE 'p'
+#define LMC_KEY_STR 's'
+#define LMC_KEY_TUPLE 't'
+
+/* value tags */
+#define LMC_VAL_NONE 'N'
+#define LMC_VAL_TRUE 'T'
+#define LMC_VAL_FALSE 'F'
+#define LMC_VAL_BYTES 'b'
+#define LMC_VAL_STR 's'
+#define LMC_VAL_INT 'i'
+#define LMC_VAL_FLOAT 'd'
+#define LMC_VAL_PICKLE 'p'
+
+/* value flags */
+#define LMC_FLAG_EXPIRES 0x01 /* 8-byte double (unix time) follows the header */
+#define LMC_FLAG_LONGKEY 0x02 /* uint32 length + full key encoding follow */
+#define LMC_KNOWN_FLAGS (LMC_FLAG_EXPIRES | LMC_FLAG_LONGKEY)
+
+#define LMC_HEADER_SIZE 3 /* version, tag, flags */
+
+/* ---- module state ---------------------------------------------------------- */
+
+typedef struct {
+    PyObject *Error;
+    PyObject *MapFullError;
+    PyObject *ReadOnlyError;
+    PyObject *CorruptError;
+    PyObject *LockError;
+    PyObject *FormatError;
+    PyObject *pickle_dumps;
+    PyObject *pickle_loads;
+    PyObject *UnpicklingError;
+    PyObject *sha256;
+    PyObject *protocol; /* int 5 */
+    PyTypeObject *StoreType;
+    PyTypeObject *IterType;
+} lmc_state;
+
+extern PyModuleDef lmc_module_def;
+
+/* Bumped in the child after every fork (pthread_atfork and os.register_at_fork).
+ * An Env opened under another value belongs to an ancestor process. */
+extern unsigned long lmc_fork_generation;
+
+/* Raise the exception mapped to an LMDB or errno code, naming op and path. */
+void lmc_raise(lmc_state *st, int rc, const char *op, const char *path);
+/* Raise type(fmt % ...) with the current exception as its __cause__. */
+void lmc_raise_from(PyObject *type, const char *fmt, ...);
+
+/* ---- Env (env.c) ----------------------------------------------------------- */
+
+typedef struct lmc_env {
+    MDB_env *env;
+    MDB_dbi main_dbi;      /* the default namespace lives in the main DB */
+    MDB_dbi meta_dbi;
+    MDB_txn *rtxn;         /* reusable read txn, reset between uses; NULL = none */
+    int rtxn_busy;         /* rtxn renewed and not yet reset */
+    unsigned long generation; /* lmc_fork_generation when opened */
+    Py_ssize_t refcnt;     /* Stores and in-flight calls holding this Env */
+    dev_t dev;
+    ino_t ino;
+    char *path;            /* directory, as given to mdb_env_open */
+    unsigned int flags;    /* MDB_RDONLY, MDB_NOSYNC as opened */
+    size_t size_limit;     /* 0 = unbounded */
+    size_t page_size;
+    pthread_mutex_t write_lock; /* serialises this process's writers; see env.c */
+    struct lmc_env *next;  /* registry link */
+} lmc_env;
+
+typedef struct {
+    size_t map_size;
+    size_t size_limit; /* 0 = none */
+    int readonly;
+    int sync;          /* 1 = fsync per commit (durability="full") */
+    unsigned int max_readers;
+} lmc_options;
+
+/* Return a new reference to the Env for path (opening it if this process has
+ * none), or NULL with an exception set. */
+lmc_env *lmc_env_acquire(lmc_state *st, const char *path, const lmc_options *opt);
+void lmc_env_release(lmc_env *e);
+void lmc_env_forget_all(void);
+
+static inline int lmc_env_is_current(const lmc_env *e)
+{
+    return e->generation == lmc_fork_generation;
+}
+
+/* Read transactions: GIL held from begin to end, no Python code in between. */
+int lmc_read_begin(lmc_env *e, MDB_txn **txn);
+void lmc_read_end(lmc_env *e, MDB_txn *txn);
+
+/* A write: fn runs inside a write txn with the GIL released; it must not touch
+ * Python objects.  lmc_env_write retries after map growth or a map resized by
+ * another process, and commits.  Returns an LMDB/errno code (0 = committed);
+ * a non-zero code from fn aborts the txn and is returned.  Call with the GIL. */
+typedef int (*lmc_write_fn)(MDB_txn *txn, lmc_env *e, void *arg);
+#define LMC_WRITE_GROWS 0   /* may grow the map up to size_limit */
+#define LMC_WRITE_FREES 1   /* deletes: may use a reserve beyond size_limit */
+int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind);
+
+/* Number of user keys in the main DB. */
+int lmc_env_count(lmc_env *e, MDB_txn *txn, size_t *count);
+
+/* ---- codec (codec.c) ------------------------------------------------------- */
+
+typedef struct {
+    MDB_val val;            /* what is looked up in LMDB */
+    PyObject *full;         /* owned bytes: full encoding when val is a digest */
+    unsigned char buf[LMC_MAX_KEY + 1];
+} lmc_key;
+
+/* Encode key; on failure sets TypeError (unhashable/unpicklable) and returns -1.
+ * lmc_key_clear must be called after success. */
+int lmc_key_encode(lmc_state *st, PyObject *key, lmc_key *out);
+static inline void lmc_key_clear(lmc_key *k) { Py_CLEAR(k->full); }
+
+/* Decode a stored key encoding back to the Python key (may run pickle). */
+PyObject *lmc_key_decode(lmc_state *st, const char *p, size_t n);
+
+typedef struct {
+    unsigned char head[LMC_HEADER_SIZE + 8 + 4];
+    size_t head_len;
+    const char *key;        /* full key (long keys only) */
+    size_t key_len;
+    const char *data;       /* payload */
+    size_t data_len;
+    PyObject *owner;        /* owned: keeps data alive */
+    unsigned char num[8];   /* payload storage for int/float */
+} lmc_value;
+
+/* Encode value (pickling when needed).  full_key: non-NULL for long keys.
+ * Errors from pickling propagate unchanged.  lmc_value_clear after success. */
+int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_key *key,
+                     double expires, lmc_value *out);
+static inline void lmc_value_clear(lmc_value *v) { Py_CLEAR(v->owner); }
+static inline size_t lmc_value_size(const lmc_value *v)
+{
+    return v->head_len + v->key_len + v->data_len;
+}
+/* Write the encoded record into dst (lmc_value_size bytes).  No GIL needed. */
+void lmc_value_write(const lmc_value *v, char *dst);
+
+/* A parsed record, pointing into LMDB memory (valid while the txn lives). */
+typedef struct {
+    int tag;
+    int flags;
+    double expires;
+    const char *key;
+    size_t key_len;
+    const char *data;
+    size_t data_len;
+} lmc_record;
+
+/* Validate and parse without the GIL: NULL, or why the bytes are bad. */
+const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec);
+/* Validate and parse; returns -1 with CorruptError set on bad bytes. */
+int lmc_record_parse(lmc_state *st, const char *p, size_t n, lmc_record *rec,
+                     const char *path);
+/* Does the record belong to key (long keys are checked against the full key)? */
+int lmc_record_matches(const lmc_record *rec, const lmc_key *key);
+/* Phase 1, under the txn: native values become objects; pickled payloads are
+ * copied to a bytes object.  *pickled is set to 1 in the latter case.  Runs
+ * no Python code. */
+PyObject *lmc_record_take(const lmc_record *rec, int *pickled);
+/* Phase 2, after the txn ended: unpickle a copied payload (steals ref). */
+PyObject *lmc_value_finish(lmc_state *st, PyObject *obj, int pickled, const char *path);
+
+/* ---- store (store.c) ------------------------------------------------------- */
+
+extern PyType_Spec lmc_store_spec;
+extern PyType_Spec lmc_iter_spec;
+
+#endif /* LMDBCACHE_H */
