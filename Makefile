@@ -37,7 +37,7 @@ demo: install
 	$(VENV)/bin/python examples/demo.py
 
 test: install
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --import-mode=importlib tests
+	$(VENV)/bin/python -P -m pytest -q -p no:cacheprovider --import-mode=importlib tests
 
 bench: install
 	$(VENV)/bin/python benchmarks/bench.py
@@ -50,7 +50,7 @@ sanitize: deps
 	rm -rf build
 	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) PYTHONMALLOC=malloc \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	LMDBCACHE_SANITIZED=1 $(SAN_VENV)/bin/python -m pytest -q -p no:cacheprovider --import-mode=importlib tests
+	LMDBCACHE_SANITIZED=1 $(SAN_VENV)/bin/python -P -m pytest -q -p no:cacheprovider --import-mode=importlib tests
 
 docs: venv
 	$(VENV)/bin/pip install $(PIP_FLAGS) ".[docs]" && $(VENV)/bin/mkdocs build --strict

@@ -34,6 +34,7 @@
  * txn of this process is active: it runs holding both write_lock (no writer)
  * and the GIL (no reader, since readers hold the GIL for a whole txn).
  */
+#define _GNU_SOURCE /* fallocate */
 #include "lmdbcache.h"
 
 #include <errno.h>
@@ -46,6 +47,14 @@
 /* Room deletions may take beyond size_limit, so that a full cache can always
  * be emptied: LMDB copies pages on write, a delete needs a few free pages. */
 #define LMC_DELETE_RESERVE ((size_t)1 << 20)
+
+/* With MDB_WRITEMAP, LMDB writes pages through a shared mapping of a sparse
+ * file: on a full disk a store into a hole raises SIGBUS instead of failing a
+ * write().  Before every write txn, file blocks are reserved (fallocate) for
+ * everything the txn may add past the last used page, so a full disk is an
+ * ENOSPC error with nothing written. */
+#define LMC_RESERVE_SLACK ((size_t)2 << 20)
+#define LMC_RESERVE_STEP ((size_t)1 << 20)
 
 static lmc_env *registry = NULL;
 
@@ -146,6 +155,44 @@ void lmc_read_end(lmc_env *e, MDB_txn *txn)
     }
 }
 
+/* Reserve disk blocks for a write adding up to `hint` bytes.  write_lock held,
+ * GIL not needed. */
+static int env_reserve(lmc_env *e, size_t hint)
+{
+#ifdef __linux__
+    MDB_envinfo info;
+    size_t need, target;
+    int rc;
+
+    if (!(e->flags & MDB_WRITEMAP) || !e->can_reserve)
+        return 0;
+    rc = mdb_env_info(e->env, &info);
+    if (rc != 0)
+        return rc;
+    need = (info.me_last_pgno + 1) * e->page_size + hint + LMC_RESERVE_SLACK;
+    if (need <= e->reserved)
+        return 0;
+    target = need + need / 4;
+    target = (target + LMC_RESERVE_STEP - 1) / LMC_RESERVE_STEP * LMC_RESERVE_STEP;
+    if (target > info.me_mapsize)
+        target = info.me_mapsize;
+    if (target <= e->reserved)
+        return 0;
+    if (fallocate(e->fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)target) != 0) {
+        if (errno == EOPNOTSUPP || errno == ENOSYS) {
+            e->can_reserve = 0; /* filesystem without fallocate: nothing to do */
+            return 0;
+        }
+        return errno;
+    }
+    e->reserved = target;
+#else
+    (void)e;
+    (void)hint;
+#endif
+    return 0;
+}
+
 /* Grow the map after MDB_MAP_FULL.  GIL and write_lock held. */
 static int env_grow(lmc_env *e, int kind)
 {
@@ -170,7 +217,7 @@ static int env_grow(lmc_env *e, int kind)
     return mdb_env_set_mapsize(e->env, want);
 }
 
-int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind)
+int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint)
 {
     MDB_txn *txn;
     int rc, again, attempts = 0;
@@ -180,8 +227,8 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind)
     pthread_mutex_lock(&e->write_lock);
     do {
         again = 0;
-        rc = mdb_txn_begin(e->env, NULL, 0, &txn);
-        if (rc == 0) {
+        rc = env_reserve(e, hint);
+        if (rc == 0 && (rc = mdb_txn_begin(e->env, NULL, 0, &txn)) == 0) {
             rc = fn(txn, e, arg);
             if (rc == 0)
                 rc = mdb_txn_commit(txn);
@@ -355,7 +402,11 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
         return NULL;
     }
     strcpy(e->path, path);
-    e->flags = MDB_NOTLS | (opt->readonly ? MDB_RDONLY : 0) | (opt->sync ? 0 : MDB_NOSYNC);
+    e->flags = MDB_NOTLS;
+    if (opt->readonly)
+        e->flags |= MDB_RDONLY;
+    else if (!opt->sync)
+        e->flags |= MDB_NOSYNC | MDB_WRITEMAP; /* see LMC_RESERVE_SLACK */
     e->size_limit = opt->size_limit;
     if (e->size_limit != 0 && map_size > e->size_limit)
         map_size = e->size_limit;
@@ -379,6 +430,8 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     rc = mdb_env_get_fd(e->env, &fd);
     if (rc != 0)
         goto lmdb_error;
+    e->fd = fd;
+    e->can_reserve = 1;
     if (fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC) == -1) {
         rc = errno;
         goto lmdb_error;

@@ -110,6 +110,9 @@ typedef struct lmc_env {
     unsigned int flags;    /* MDB_RDONLY, MDB_NOSYNC as opened */
     size_t size_limit;     /* 0 = unbounded */
     size_t page_size;
+    int fd;                /* data file */
+    int can_reserve;       /* fallocate works on this filesystem */
+    size_t reserved;       /* bytes of the data file known to be allocated */
     pthread_mutex_t write_lock; /* serialises this process's writers; see env.c */
     struct lmc_env *next;  /* registry link */
 } lmc_env;
@@ -140,11 +143,13 @@ void lmc_read_end(lmc_env *e, MDB_txn *txn);
 /* A write: fn runs inside a write txn with the GIL released; it must not touch
  * Python objects.  lmc_env_write retries after map growth or a map resized by
  * another process, and commits.  Returns an LMDB/errno code (0 = committed);
- * a non-zero code from fn aborts the txn and is returned.  Call with the GIL. */
+ * a non-zero code from fn aborts the txn and is returned.  `hint` bounds the
+ * bytes the txn may add to the file (disk blocks are reserved first).  Call
+ * with the GIL. */
 typedef int (*lmc_write_fn)(MDB_txn *txn, lmc_env *e, void *arg);
 #define LMC_WRITE_GROWS 0   /* may grow the map up to size_limit */
 #define LMC_WRITE_FREES 1   /* deletes: may use a reserve beyond size_limit */
-int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind);
+int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint);
 
 /* Number of user keys in the main DB. */
 int lmc_env_count(lmc_env *e, MDB_txn *txn, size_t *count);

@@ -419,7 +419,7 @@ static int store_put(StoreObject *self, PyObject *key, PyObject *value, double e
     a.key = k.val;
     a.k = &k;
     a.val = &val;
-    rc = lmc_env_write(e, put_fn, &a, LMC_WRITE_GROWS);
+    rc = lmc_env_write(e, put_fn, &a, LMC_WRITE_GROWS, lmc_value_size(&val) + k.val.mv_size);
     lmc_value_clear(&val);
     lmc_key_clear(&k);
     if (rc != 0) {
@@ -448,7 +448,7 @@ static int store_remove(StoreObject *self, PyObject *key, char **old, size_t *ol
     a.k = &k;
     a.old = NULL;
     a.old_len = old != NULL;
-    rc = lmc_env_write(e, del_fn, &a, LMC_WRITE_FREES);
+    rc = lmc_env_write(e, del_fn, &a, LMC_WRITE_FREES, 0);
     lmc_key_clear(&k);
     if (rc == 0 && old != NULL) {
         *old = a.old;
@@ -528,12 +528,16 @@ static PyObject *store_pop(StoreObject *self, PyObject *const *args, Py_ssize_t 
 
 static PyObject *store_clear(StoreObject *self, PyObject *Py_UNUSED(ignored))
 {
+    MDB_envinfo info;
     lmc_env *e;
     int rc;
 
     if (store_check_writable(self) < 0 || (e = store_env(self)) == NULL)
         return NULL;
-    rc = lmc_env_write(e, clear_fn, NULL, LMC_WRITE_FREES);
+    /* deleting every key may copy every page: reserve the file's size */
+    if ((rc = mdb_env_info(e->env, &info)) == 0)
+        rc = lmc_env_write(e, clear_fn, NULL, LMC_WRITE_FREES,
+                           (info.me_last_pgno + 1) * e->page_size);
     if (rc != 0) {
         store_raise_write(self, e, rc, "clear");
         return NULL;
