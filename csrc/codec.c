@@ -12,8 +12,8 @@
  * Keys are equal when their encodings are: 1, 1.0 and True are three keys.
  * str, bytes and int subclasses encode as their base type.
  *
- * Values: LMC_RECORD_VERSION, tag, flags, [8-byte expiry], [u32 length + full
- * key], payload.  bytes, str, int64, float, None, True, False are stored
+ * Values: LMC_RECORD_VERSION, tag, flags, [8-byte expiry], [8-byte store
+ * sequence], [u32 length + full key], payload.  bytes, str, int64, float, None, True, False are stored
  * natively; everything else is pickled with protocol 5.  Numbers use the
  * machine's byte order (LMDB files do not move between byte orders either).
  */
@@ -311,18 +311,15 @@ PyObject *lmc_key_decode(lmc_state *st, const char *p, size_t n)
 /* ---- values ------------------------------------------------------------------ */
 
 int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_key *key, double expires,
-                     lmc_value *out)
+                     int with_seq, lmc_value *out)
 {
     PyTypeObject *tp = Py_TYPE(value);
     Py_ssize_t slen;
-    int tag, flags = 0;
-    size_t n = LMC_HEADER_SIZE;
+    int tag;
 
     out->owner = NULL;
     out->data = NULL;
     out->data_len = 0;
-    out->key = NULL;
-    out->key_len = 0;
     if (tp == &PyBytes_Type) {
         tag = LMC_VAL_BYTES;
         out->data = PyBytes_AS_STRING(value);
@@ -375,9 +372,26 @@ int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_key *key, double 
             out->data_len = (size_t)PyBytes_GET_SIZE(out->owner);
         }
     }
+    lmc_value_head(out, tag, expires, with_seq, key);
+    return 0;
+}
+
+void lmc_value_head(lmc_value *out, int tag, double expires, int with_seq, const lmc_key *key)
+{
+    size_t n = LMC_HEADER_SIZE;
+    int flags = 0;
+
+    out->seq_off = 0;
+    out->key = NULL;
+    out->key_len = 0;
     if (expires > 0) {
         flags |= LMC_FLAG_EXPIRES;
         memcpy(out->head + n, &expires, 8);
+        n += 8;
+    }
+    if (with_seq) {
+        flags |= LMC_FLAG_SEQ;
+        out->seq_off = n;
         n += 8;
     }
     if (key != NULL && key->full != NULL) {
@@ -392,12 +406,13 @@ int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_key *key, double 
     out->head[1] = (unsigned char)tag;
     out->head[2] = (unsigned char)flags;
     out->head_len = n;
-    return 0;
 }
 
-void lmc_value_write(const lmc_value *v, char *dst)
+void lmc_value_write(const lmc_value *v, char *dst, uint64_t seq)
 {
     memcpy(dst, v->head, v->head_len);
+    if (v->seq_off)
+        memcpy(dst + v->seq_off, &seq, 8);
     dst += v->head_len;
     if (v->key_len) {
         memcpy(dst, v->key, v->key_len);
@@ -419,6 +434,7 @@ const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec)
     rec->tag = (unsigned char)p[1];
     rec->flags = (unsigned char)p[2];
     rec->expires = 0;
+    rec->seq = 0;
     rec->key = NULL;
     rec->key_len = 0;
     if (LMC_UNLIKELY(rec->flags & ~LMC_KNOWN_FLAGS))
@@ -427,6 +443,12 @@ const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec)
         if (n - off < 8)
             return "truncated expiry";
         memcpy(&rec->expires, p + off, 8);
+        off += 8;
+    }
+    if (rec->flags & LMC_FLAG_SEQ) {
+        if (n - off < 8)
+            return "truncated sequence number";
+        memcpy(&rec->seq, p + off, 8);
         off += 8;
     }
     if (rec->flags & LMC_FLAG_LONGKEY) {

@@ -39,6 +39,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -76,18 +77,104 @@ static void registry_unlink(lmc_env *e)
     }
 }
 
+static void env_free_tables(lmc_env *e)
+{
+    int i;
+    for (i = 0; i < e->n_ns; i++)
+        PyMem_RawFree(e->ns[i].name);
+    PyMem_RawFree(e->ns);
+    e->ns = NULL;
+    e->n_ns = e->cap_ns = e->n_pending = 0;
+    lmc_evict_free(e);
+}
+
+/* ---- durability marker ------------------------------------------------------
+ * With MDB_NOSYNC an OS crash can tear the data file.  While any process may
+ * hold unsynced commits, <dir>/unsynced holds the boot id; lmdbcache/cache.py
+ * refuses (moves aside) a cache whose marker names another boot.  Creating and
+ * removing the marker both happen under LMDB's writer lock, and an Env takes
+ * its reader slot before creating it, so the last closer (which sees no other
+ * process in the reader table) cannot remove a marker another opener relies on.
+ */
+static int env_marker_create(lmc_state *st, lmc_env *e, const lmc_options *opt)
+{
+    MDB_txn *txn;
+    size_t n = strlen(e->path) + sizeof("/unsynced");
+    int rc, fd;
+
+    e->marker_path = PyMem_RawMalloc(n);
+    if (e->marker_path == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyOS_snprintf(e->marker_path, n, "%s/unsynced", e->path);
+    Py_BEGIN_ALLOW_THREADS
+    rc = mdb_txn_begin(e->env, NULL, 0, &txn);
+    if (rc == 0) {
+        fd = open(e->marker_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            if (write(fd, opt->boot_id, strlen(opt->boot_id)) < 0)
+                rc = errno;
+            close(fd);
+        }
+        else if (errno != EEXIST) {
+            rc = errno;
+        }
+        mdb_txn_abort(txn);
+    }
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        lmc_raise(st, rc, "write the durability marker", e->marker_path);
+        return -1;
+    }
+    e->marker = 1;
+    return 0;
+}
+
+static int count_other_readers(const char *msg, void *ctx)
+{
+    int pid;
+    if (sscanf(msg, "%d", &pid) == 1 && pid != (int)getpid())
+        (*(int *)ctx)++;
+    return 0;
+}
+
+/* Last close of this process: flush, and drop the marker if no other process
+ * has the cache open.  GIL held; errors leave the marker (safe side). */
+static void env_marker_release(lmc_env *e)
+{
+    MDB_txn *txn;
+    int rc, dead, others = 0;
+
+    Py_BEGIN_ALLOW_THREADS
+    rc = mdb_txn_begin(e->env, NULL, 0, &txn);
+    if (rc == 0) {
+        if (mdb_env_sync(e->env, 1) == 0 && mdb_reader_check(e->env, &dead) == 0 &&
+            mdb_reader_list(e->env, count_other_readers, &others) >= 0 && others == 0)
+            unlink(e->marker_path);
+        mdb_txn_abort(txn);
+    }
+    Py_END_ALLOW_THREADS
+}
+
 void lmc_env_release(lmc_env *e)
 {
     if (--e->refcnt > 0)
         return;
     if (lmc_env_is_current(e)) {
         registry_unlink(e);
+        if (e->marker)
+            env_marker_release(e);
         if (e->rtxn != NULL)
             mdb_txn_abort(e->rtxn);
         mdb_env_close(e->env);
         pthread_mutex_destroy(&e->write_lock);
+        pthread_mutex_destroy(&e->lru_lock);
+        env_free_tables(e);
     }
-    /* else: inherited from an ancestor process -- abandoned, see CONTRACT. */
+    /* else: inherited from an ancestor process -- abandoned, see CONTRACT.
+     * Its tables may be mid-update by a parent thread: leaked with it. */
+    PyMem_RawFree(e->marker_path);
     PyMem_RawFree(e->path);
     PyMem_RawFree(e);
 }
@@ -131,6 +218,10 @@ static int read_begin_slow(lmc_env *e, MDB_txn **txn)
 
 int lmc_read_begin(lmc_env *e, MDB_txn **txn)
 {
+    if (LMC_UNLIKELY(e->wtxn != NULL) && lmc_env_in_txn(e)) {
+        *txn = e->wtxn; /* reads inside transaction() see its writes */
+        return 0;
+    }
     if (LMC_LIKELY(e->rtxn != NULL && !e->rtxn_busy)) {
         int rc = mdb_txn_renew(e->rtxn);
         if (LMC_LIKELY(rc == 0)) {
@@ -146,6 +237,8 @@ int lmc_read_begin(lmc_env *e, MDB_txn **txn)
 
 void lmc_read_end(lmc_env *e, MDB_txn *txn)
 {
+    if (txn == e->wtxn)
+        return;
     if (txn == e->rtxn) {
         mdb_txn_reset(txn);
         e->rtxn_busy = 0;
@@ -172,7 +265,7 @@ static int env_reserve(lmc_env *e, size_t hint)
     need = (info.me_last_pgno + 1) * e->page_size + hint + LMC_RESERVE_SLACK;
     if (need <= e->reserved)
         return 0;
-    target = need + need / 4;
+    target = need + need / 8;
     target = (target + LMC_RESERVE_STEP - 1) / LMC_RESERVE_STEP * LMC_RESERVE_STEP;
     if (target > info.me_mapsize)
         target = info.me_mapsize;
@@ -205,7 +298,7 @@ static int env_grow(lmc_env *e, int kind)
     cur = info.me_mapsize;
     want = cur * 2;
     if (e->size_limit != 0) {
-        cap = e->size_limit;
+        cap = lmc_env_map_cap(e);
         if (kind == LMC_WRITE_FREES)
             cap = (cur > cap ? cur : cap) + LMC_DELETE_RESERVE;
         if (cur >= cap)
@@ -217,10 +310,82 @@ static int env_grow(lmc_env *e, int kind)
     return mdb_env_set_mapsize(e->env, want);
 }
 
-int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint)
+/* Drop (abort) or keep (commit) the namespaces opened by the txn that ended. */
+static void env_settle_pending(lmc_env *e, int committed)
+{
+    if (!committed) {
+        while (e->n_pending > 0) {
+            PyMem_RawFree(e->ns[--e->n_ns].name);
+            e->n_pending--;
+        }
+    }
+    e->n_pending = 0;
+}
+
+/* A tiny committed write.  LMDB reuses a freed page only once two newer txns
+ * have committed (the previous meta page may still point at it), so a cache
+ * that just hit size_limit and was emptied by one delete txn needs one more
+ * commit before the room is usable.  write_lock held, GIL not needed. */
+static int env_tick(lmc_env *e)
 {
     MDB_txn *txn;
-    int rc, again, attempts = 0;
+    MDB_val k = {4, (void *)"tick"}, v;
+    uint64_t id;
+    int rc = mdb_txn_begin(e->env, NULL, 0, &txn);
+
+    if (rc != 0)
+        return rc;
+    id = (uint64_t)mdb_txn_id(txn);
+    v.mv_size = sizeof(id);
+    v.mv_data = &id;
+    rc = mdb_put(txn, e->meta_dbi, &k, &v, 0);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    return mdb_txn_commit(txn);
+}
+
+/* Does an error from inside a txn leave it unusable? */
+static int rc_breaks_txn(int rc)
+{
+    return rc != 0 && rc != MDB_NOTFOUND && rc != MDB_KEYEXIST && !LMC_IS_LOGICAL(rc);
+}
+
+static int env_run(lmc_env *e, MDB_txn *txn, lmc_write_fn fn, void *arg, int kind,
+                   size_t hint, lmc_evict_counts *counts)
+{
+    int rc = 0;
+    if (e->policy == LMC_POLICY_LRU && e->lru_len != 0)
+        rc = lmc_lru_flush(txn, e);
+    /* make room first: pages freed in this txn are not reusable before
+     * the txn after next, so the write itself lands past them */
+    if (rc == 0 && kind == LMC_WRITE_GROWS && lmc_env_evicts(e))
+        rc = lmc_evict_enforce(txn, e, hint, counts);
+    if (rc == 0)
+        rc = fn(txn, e, arg);
+    return rc;
+}
+
+int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
+                  lmc_evict_counts *counts)
+{
+    MDB_txn *txn;
+    int rc, again, attempts = 0, ticked = 0;
+
+    if (lmc_env_in_txn(e)) {
+        /* Inside this thread's transaction(): it owns write_lock already. */
+        if (e->wtxn_failed)
+            return LMC_ERR_TXN_FAILED;
+        e->wtxn_added += hint;
+        rc = env_reserve(e, e->wtxn_added);
+        if (rc != 0)
+            return rc;
+        rc = env_run(e, e->wtxn, fn, arg, kind, e->wtxn_added, counts);
+        if (rc_breaks_txn(rc))
+            e->wtxn_failed = rc;
+        return rc;
+    }
 
     e->refcnt++; /* a close() in another thread must not free e under us */
     Py_BEGIN_ALLOW_THREADS
@@ -229,16 +394,28 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint)
         again = 0;
         rc = env_reserve(e, hint);
         if (rc == 0 && (rc = mdb_txn_begin(e->env, NULL, 0, &txn)) == 0) {
-            rc = fn(txn, e, arg);
+            e->seq_counter = 0;
+            rc = env_run(e, txn, fn, arg, kind, hint, counts);
             if (rc == 0)
                 rc = mdb_txn_commit(txn);
             else
                 mdb_txn_abort(txn);
+            env_settle_pending(e, rc == 0);
         }
-        if ((rc == MDB_MAP_FULL || rc == MDB_MAP_RESIZED) && attempts++ < 64) {
+        if (rc == MDB_MAP_RESIZED && attempts++ < 64) {
             Py_BLOCK_THREADS
-            rc = rc == MDB_MAP_FULL ? env_grow(e, kind) : mdb_env_set_mapsize(e->env, 0);
+            rc = mdb_env_set_mapsize(e->env, 0);
             Py_UNBLOCK_THREADS
+            again = rc == 0;
+        }
+        else if (rc == MDB_MAP_FULL && attempts++ < 64) {
+            Py_BLOCK_THREADS
+            rc = env_grow(e, kind);
+            Py_UNBLOCK_THREADS
+            if (rc == MDB_MAP_FULL && !ticked) {
+                ticked = 1;
+                rc = env_tick(e);
+            }
             again = rc == 0;
         }
     } while (again);
@@ -248,7 +425,191 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint)
     return rc;
 }
 
-int lmc_env_count(lmc_env *e, MDB_txn *txn, size_t *count)
+int lmc_env_txn_begin(lmc_env *e)
+{
+    MDB_txn *txn = NULL;
+    int rc, attempts = 0;
+
+    if (lmc_env_in_txn(e)) {
+        e->wtxn_depth++;
+        return 0;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&e->write_lock);
+    for (;;) {
+        rc = env_reserve(e, 0);
+        if (rc == 0)
+            rc = mdb_txn_begin(e->env, NULL, 0, &txn);
+        if (rc != MDB_MAP_RESIZED || attempts++ > 8)
+            break;
+        Py_BLOCK_THREADS
+        rc = mdb_env_set_mapsize(e->env, 0);
+        Py_UNBLOCK_THREADS
+        if (rc != 0)
+            break;
+    }
+    if (rc != 0)
+        pthread_mutex_unlock(&e->write_lock);
+    Py_END_ALLOW_THREADS
+    if (rc != 0)
+        return rc;
+    e->refcnt++; /* held until the transaction ends */
+    e->wtxn = txn;
+    e->wtxn_owner = pthread_self();
+    e->wtxn_depth = 1;
+    e->wtxn_failed = 0;
+    e->wtxn_added = 0;
+    e->seq_counter = 0;
+    return 0;
+}
+
+int lmc_env_txn_end(lmc_env *e, int commit)
+{
+    MDB_txn *txn;
+    int rc = 0;
+
+    if (!lmc_env_in_txn(e))
+        return LMC_ERR_NO_TXN;
+    if (--e->wtxn_depth > 0) {
+        if (!commit && !e->wtxn_failed)
+            e->wtxn_failed = LMC_ERR_TXN_FAILED; /* an inner block rolled back */
+        return 0;
+    }
+    txn = e->wtxn;
+    e->wtxn = NULL;
+    if (commit && !e->wtxn_failed) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = mdb_txn_commit(txn);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        mdb_txn_abort(txn);
+        rc = commit ? LMC_ERR_TXN_FAILED : 0;
+    }
+    env_settle_pending(e, commit && rc == 0);
+    pthread_mutex_unlock(&e->write_lock);
+    lmc_env_release(e);
+    return rc;
+}
+
+int lmc_env_sync(lmc_env *e)
+{
+    int rc;
+    if (e->flags & MDB_RDONLY)
+        return 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = mdb_env_sync(e->env, 1);
+    Py_END_ALLOW_THREADS
+    return rc;
+}
+
+/* ---- namespaces ------------------------------------------------------------ */
+
+static int ns_find(lmc_env *e, const char *dbname, MDB_dbi *dbi)
+{
+    int i;
+    for (i = 0; i < e->n_ns; i++) {
+        if (strcmp(e->ns[i].name, dbname) == 0) {
+            *dbi = e->ns[i].dbi;
+            return 0;
+        }
+    }
+    return MDB_NOTFOUND;
+}
+
+static int ns_add(lmc_env *e, const char *dbname, MDB_dbi dbi, int pending)
+{
+    if (e->n_ns == e->cap_ns) {
+        int cap = e->cap_ns ? e->cap_ns * 2 : 8;
+        lmc_ns *ns = PyMem_RawRealloc(e->ns, (size_t)cap * sizeof(*ns));
+        if (ns == NULL)
+            return ENOMEM;
+        e->ns = ns;
+        e->cap_ns = cap;
+    }
+    e->ns[e->n_ns].name = PyMem_RawMalloc(strlen(dbname) + 1);
+    if (e->ns[e->n_ns].name == NULL)
+        return ENOMEM;
+    strcpy(e->ns[e->n_ns].name, dbname);
+    e->ns[e->n_ns++].dbi = dbi;
+    if (pending)
+        e->n_pending++;
+    return 0;
+}
+
+int lmc_env_ns_dbi(lmc_env *e, MDB_txn *txn, const char *dbname, MDB_dbi *dbi)
+{
+    int rc;
+    if (dbname[0] == '\0') {
+        *dbi = e->main_dbi;
+        return 0;
+    }
+    if (ns_find(e, dbname, dbi) == 0)
+        return 0;
+    rc = mdb_dbi_open(txn, dbname, 0, dbi);
+    if (rc != 0)
+        return rc;
+    return ns_add(e, dbname, *dbi, 1);
+}
+
+typedef struct {
+    const char *dbname;
+    int create;
+    MDB_dbi dbi;
+} ns_open_arg;
+
+static int ns_open_fn(MDB_txn *txn, lmc_env *e, void *arg)
+{
+    ns_open_arg *a = arg;
+    int rc;
+    if (ns_find(e, a->dbname, &a->dbi) == 0)
+        return 0;
+    rc = mdb_dbi_open(txn, a->dbname, a->create ? MDB_CREATE : 0, &a->dbi);
+    if (rc != 0)
+        return rc;
+    return ns_add(e, a->dbname, a->dbi, 1);
+}
+
+int lmc_env_namespace(lmc_env *e, const char *name, int create, MDB_dbi *dbi)
+{
+    char dbname[LMC_MAX_KEY + 16];
+    ns_open_arg a;
+    MDB_txn *txn;
+    int rc;
+
+    if (name[0] == '\0') {
+        *dbi = e->main_dbi;
+        return 0;
+    }
+    if (strlen(name) > LMC_MAX_KEY - sizeof(LMC_NS_PREFIX))
+        return MDB_BAD_VALSIZE;
+    PyOS_snprintf(dbname, sizeof(dbname), "%s%s", LMC_NS_PREFIX, name);
+    if (!(e->flags & MDB_RDONLY)) {
+        a.dbname = dbname;
+        a.create = create;
+        rc = lmc_env_write(e, ns_open_fn, &a, LMC_WRITE_FREES, 0, NULL);
+        if (rc == 0)
+            *dbi = a.dbi;
+        return rc;
+    }
+    /* read-only Env: no writer exists, the GIL guards the table */
+    if (ns_find(e, dbname, dbi) == 0)
+        return 0;
+    rc = mdb_txn_begin(e->env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
+        return rc;
+    rc = mdb_dbi_open(txn, dbname, 0, dbi);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc == 0)
+        rc = ns_add(e, dbname, *dbi, 0);
+    return rc;
+}
+
+int lmc_env_count(lmc_env *e, MDB_txn *txn, MDB_dbi dbi, size_t *count)
 {
     MDB_stat ms;
     MDB_cursor *cur = NULL;
@@ -256,9 +617,12 @@ int lmc_env_count(lmc_env *e, MDB_txn *txn, size_t *count)
     size_t internal = 0;
     int rc;
 
-    rc = mdb_stat(txn, e->main_dbi, &ms);
-    if (rc != 0)
+    rc = mdb_stat(txn, dbi, &ms);
+    if (rc != 0 || dbi != e->main_dbi) {
+        if (rc == 0)
+            *count = ms.ms_entries;
         goto done;
+    }
     rc = mdb_cursor_open(txn, e->main_dbi, &cur);
     if (rc != 0)
         goto done;
@@ -364,6 +728,21 @@ again:
             goto error;
         }
     }
+    if (lmc_env_evicts(e)) {
+        /* the eviction index (and for LRU the access index) */
+        op = "create the eviction index";
+        rc = mdb_dbi_open(txn, LMC_ORDER_DB, writing ? MDB_CREATE : 0, &e->order_dbi);
+        if (rc == 0 && e->policy == LMC_POLICY_LRU)
+            rc = mdb_dbi_open(txn, LMC_ATIME_DB, writing ? MDB_CREATE : 0, &e->atime_dbi);
+        if (rc == MDB_NOTFOUND && !writing) {
+            mdb_txn_abort(txn);
+            txn = NULL;
+            writing = 1;
+            goto again;
+        }
+        if (rc != 0)
+            goto lmdb_error;
+    }
     /* Committing (even a read txn) makes the dbi handles env-wide. */
     Py_BEGIN_ALLOW_THREADS
     rc = mdb_txn_commit(txn);
@@ -388,6 +767,7 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     size_t map_size = opt->map_size;
     const char *op = "open the environment";
     MDB_stat ms;
+    MDB_txn *txn;
     int rc, fd, dead, opened = 0;
 
     e = PyMem_RawCalloc(1, sizeof(*e));
@@ -408,8 +788,9 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     else if (!opt->sync)
         e->flags |= MDB_NOSYNC | MDB_WRITEMAP; /* see LMC_RESERVE_SLACK */
     e->size_limit = opt->size_limit;
-    if (e->size_limit != 0 && map_size > e->size_limit)
-        map_size = e->size_limit;
+    e->policy = opt->policy;
+    if (e->size_limit != 0 && map_size > lmc_env_map_cap(e))
+        map_size = lmc_env_map_cap(e);
 
     rc = mdb_env_create(&e->env);
     if (rc != 0)
@@ -452,10 +833,21 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
         PyErr_SetString(PyExc_MemoryError, "pthread_mutex_init failed");
         goto error;
     }
-    if (env_init_meta(st, e) < 0) {
+    if (pthread_mutex_init(&e->lru_lock, NULL) != 0) {
         pthread_mutex_destroy(&e->write_lock);
+        PyErr_SetString(PyExc_MemoryError, "pthread_mutex_init failed");
         goto error;
     }
+    if (env_init_meta(st, e) < 0)
+        goto error_locks;
+    /* Take this Env's reader slot now: the slot table then tells which
+     * processes have the cache open (see env_marker_release). */
+    op = "begin a read";
+    if ((rc = read_begin_slow(e, &txn)) != 0)
+        goto lmdb_error_locks;
+    lmc_read_end(e, txn);
+    if (opt->boot_id != NULL && (e->flags & MDB_NOSYNC) && env_marker_create(st, e, opt) < 0)
+        goto error_locks;
     e->generation = lmc_fork_generation;
     e->dev = sb->st_dev;
     e->ino = sb->st_ino;
@@ -464,11 +856,21 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     registry = e;
     return e;
 
+lmdb_error_locks:
+    lmc_raise(st, rc, op, path);
+error_locks:
+    if (e->rtxn != NULL)
+        mdb_txn_abort(e->rtxn);
+    env_free_tables(e);
+    pthread_mutex_destroy(&e->write_lock);
+    pthread_mutex_destroy(&e->lru_lock);
+    goto error;
 lmdb_error:
     lmc_raise(st, rc, op, path);
 error:
     if (opened)
         mdb_env_close(e->env);
+    PyMem_RawFree(e->marker_path);
     PyMem_RawFree(e->path);
     PyMem_RawFree(e);
     return NULL;
@@ -497,6 +899,8 @@ lmc_env *lmc_env_acquire(lmc_state *st, const char *path, const lmc_options *opt
             clash = "it is open with another durability";
         else if (e->size_limit != opt->size_limit)
             clash = "it is open with another size_limit";
+        else if (e->size_limit != 0 && e->policy != opt->policy)
+            clash = "it is open with another eviction_policy";
         if (clash != NULL) {
             PyErr_Format(st->Error, "cannot open '%s' in this process: %s", path, clash);
             return NULL;

@@ -61,9 +61,19 @@
 /* value flags */
 #define LMC_FLAG_EXPIRES 0x01 /* 8-byte double (unix time) follows the header */
 #define LMC_FLAG_LONGKEY 0x02 /* uint32 length + full key encoding follow */
-#define LMC_KNOWN_FLAGS (LMC_FLAG_EXPIRES | LMC_FLAG_LONGKEY)
+#define LMC_FLAG_SEQ 0x04     /* 8-byte store sequence number (eviction order) */
+#define LMC_KNOWN_FLAGS (LMC_FLAG_EXPIRES | LMC_FLAG_LONGKEY | LMC_FLAG_SEQ)
 
 #define LMC_HEADER_SIZE 3 /* version, tag, flags */
+
+#include <time.h>
+
+static inline double lmc_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 /* ---- module state ---------------------------------------------------------- */
 
@@ -96,6 +106,19 @@ void lmc_raise_from(PyObject *type, const char *fmt, ...);
 
 /* ---- Env (env.c) ----------------------------------------------------------- */
 
+typedef struct {
+    char *name;            /* LMDB sub-database name: LMC_NS_PREFIX + user name */
+    MDB_dbi dbi;
+} lmc_ns;
+
+#define LMC_NS_PREFIX "__ns__:"
+#define LMC_ORDER_DB "__order__"
+#define LMC_ATIME_DB "__atime__"
+
+#define LMC_POLICY_NONE 0  /* size_limit reached: MapFullError */
+#define LMC_POLICY_LRS 1   /* evict least recently stored */
+#define LMC_POLICY_LRU 2   /* evict least recently used */
+
 typedef struct lmc_env {
     MDB_env *env;
     MDB_dbi main_dbi;      /* the default namespace lives in the main DB */
@@ -115,13 +138,64 @@ typedef struct lmc_env {
     size_t reserved;       /* bytes of the data file known to be allocated */
     pthread_mutex_t write_lock; /* serialises this process's writers; see env.c */
     struct lmc_env *next;  /* registry link */
+
+    /* Namespaces opened in this Env.  Changed and read under write_lock (or
+     * the GIL on a read-only Env, which has no writers).  The last n_pending
+     * entries were opened by the write txn in progress: kept on commit,
+     * dropped on abort. */
+    lmc_ns *ns;
+    int n_ns, cap_ns, n_pending;
+
+    /* Eviction (evict.c): active when size_limit != 0 and policy != NONE. */
+    int policy;
+    MDB_dbi order_dbi;     /* seq (8 bytes BE) -> [u8 len][ns db name][key] */
+    MDB_dbi atime_dbi;     /* LRU: [u8 len][ns db name][key] -> last-use seq */
+    unsigned int seq_counter; /* sequence numbers handed out in this txn */
+    pthread_mutex_t lru_lock; /* guards lru_buf: readers append with the GIL,
+                                 writers drain under write_lock */
+    unsigned char *lru_buf;
+    size_t lru_len, lru_cap;
+    uint32_t lru_seen[256];   /* hashes of keys already in lru_buf */
+
+    /* An explicit transaction (Cache.transaction()): the write txn, the thread
+     * owning it, nesting depth, and whether an operation failed inside it. */
+    MDB_txn *wtxn;
+    pthread_t wtxn_owner;
+    int wtxn_depth;
+    int wtxn_failed;
+    size_t wtxn_added;     /* bytes hinted by writes inside it (disk reserve) */
+
+    int marker;            /* this Env saw to the durability marker */
+    char *marker_path;
 } lmc_env;
+
+static inline int lmc_env_evicts(const lmc_env *e)
+{
+    return e->size_limit != 0 && e->policy != LMC_POLICY_NONE;
+}
+
+/* Largest map a growing write may reach.  With eviction the data is kept under
+ * size_limit, but pages freed by a txn are reusable only two commits later,
+ * so the file needs headroom above the limit. */
+static inline size_t lmc_env_map_cap(const lmc_env *e)
+{
+    if (e->size_limit == 0 || !lmc_env_evicts(e))
+        return e->size_limit;
+    return e->size_limit + e->size_limit / 4 + ((size_t)4 << 20);
+}
+
+static inline int lmc_env_in_txn(const lmc_env *e)
+{
+    return e->wtxn != NULL && pthread_equal(e->wtxn_owner, pthread_self());
+}
 
 typedef struct {
     size_t map_size;
     size_t size_limit; /* 0 = none */
+    int policy;        /* LMC_POLICY_* */
     int readonly;
     int sync;          /* 1 = fsync per commit (durability="full") */
+    const char *boot_id; /* non-NULL: keep the durability marker (NOSYNC only) */
     unsigned int max_readers;
 } lmc_options;
 
@@ -140,6 +214,8 @@ static inline int lmc_env_is_current(const lmc_env *e)
 int lmc_read_begin(lmc_env *e, MDB_txn **txn);
 void lmc_read_end(lmc_env *e, MDB_txn *txn);
 
+struct lmc_evict_counts;
+
 /* A write: fn runs inside a write txn with the GIL released; it must not touch
  * Python objects.  lmc_env_write retries after map growth or a map resized by
  * another process, and commits.  Returns an LMDB/errno code (0 = committed);
@@ -149,10 +225,54 @@ void lmc_read_end(lmc_env *e, MDB_txn *txn);
 typedef int (*lmc_write_fn)(MDB_txn *txn, lmc_env *e, void *arg);
 #define LMC_WRITE_GROWS 0   /* may grow the map up to size_limit */
 #define LMC_WRITE_FREES 1   /* deletes: may use a reserve beyond size_limit */
-int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint);
+int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
+                  struct lmc_evict_counts *counts);
 
-/* Number of user keys in the main DB. */
-int lmc_env_count(lmc_env *e, MDB_txn *txn, size_t *count);
+/* Codes of our own, returned like LMDB codes but never from LMDB. */
+#define LMC_ERR_NOT_INT (-1001)    /* incr/decr of a value that is no int */
+#define LMC_ERR_OVERFLOW (-1002)   /* incr/decr beyond 64 bits */
+#define LMC_ERR_TXN_FAILED (-1003) /* an earlier operation in the transaction failed */
+#define LMC_ERR_NO_TXN (-1004)     /* no transaction of this thread is open */
+#define LMC_IS_LOGICAL(rc) ((rc) <= -1001 && (rc) >= -1099)
+
+/* Number of user keys in the DB (the main DB holds sub-database records too). */
+int lmc_env_count(lmc_env *e, MDB_txn *txn, MDB_dbi dbi, size_t *count);
+
+/* The dbi of namespace `name` (user name, "" = default), opening (and with
+ * create, creating) it.  Returns an LMDB code; MDB_NOTFOUND when absent and
+ * not created.  GIL held. */
+int lmc_env_namespace(lmc_env *e, const char *name, int create, MDB_dbi *dbi);
+/* Look a sub-database name up among the open namespaces, opening it in txn
+ * when unknown (a pending entry).  write_lock held. */
+int lmc_env_ns_dbi(lmc_env *e, MDB_txn *txn, const char *dbname, MDB_dbi *dbi);
+
+/* Explicit transactions (GIL held). */
+int lmc_env_txn_begin(lmc_env *e);
+int lmc_env_txn_end(lmc_env *e, int commit);
+
+/* Flush dirty pages to disk (mdb_env_sync force).  GIL held. */
+int lmc_env_sync(lmc_env *e);
+
+/* ---- eviction (evict.c) ------------------------------------------------------ */
+
+typedef struct lmc_evict_counts {
+    size_t evicted;
+    size_t expired;
+} lmc_evict_counts;
+
+/* Next sequence number in this write txn. */
+uint64_t lmc_evict_next_seq(lmc_env *e, MDB_txn *txn);
+/* Record that key of namespace dbname ("" = default) was stored with seq. */
+int lmc_evict_note(MDB_txn *txn, lmc_env *e, const char *dbname, const MDB_val *key,
+                   uint64_t seq);
+/* Evict until the data fits size_limit; `hint` = bytes this txn may add. */
+int lmc_evict_enforce(MDB_txn *txn, lmc_env *e, size_t hint, lmc_evict_counts *out);
+/* LRU: remember a read of key (GIL held; never a write txn per read). */
+void lmc_lru_touch(lmc_env *e, const char *dbname, const MDB_val *key);
+/* LRU: write the remembered reads into the index (inside a write txn). */
+int lmc_lru_flush(MDB_txn *txn, lmc_env *e);
+/* Free eviction state of a closing Env. */
+void lmc_evict_free(lmc_env *e);
 
 /* ---- codec (codec.c) ------------------------------------------------------- */
 
@@ -171,8 +291,9 @@ static inline void lmc_key_clear(lmc_key *k) { Py_CLEAR(k->full); }
 PyObject *lmc_key_decode(lmc_state *st, const char *p, size_t n);
 
 typedef struct {
-    unsigned char head[LMC_HEADER_SIZE + 8 + 4];
+    unsigned char head[LMC_HEADER_SIZE + 8 + 8 + 4];
     size_t head_len;
+    size_t seq_off;         /* offset of the sequence number, 0 = none */
     const char *key;        /* full key (long keys only) */
     size_t key_len;
     const char *data;       /* payload */
@@ -184,20 +305,25 @@ typedef struct {
 /* Encode value (pickling when needed).  full_key: non-NULL for long keys.
  * Errors from pickling propagate unchanged.  lmc_value_clear after success. */
 int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_key *key,
-                     double expires, lmc_value *out);
+                     double expires, int with_seq, lmc_value *out);
+/* Fill in the header of out (tag, expiry, room for a sequence number, long
+ * key).  Touches no Python object state: callable without the GIL. */
+void lmc_value_head(lmc_value *out, int tag, double expires, int with_seq, const lmc_key *key);
 static inline void lmc_value_clear(lmc_value *v) { Py_CLEAR(v->owner); }
 static inline size_t lmc_value_size(const lmc_value *v)
 {
     return v->head_len + v->key_len + v->data_len;
 }
-/* Write the encoded record into dst (lmc_value_size bytes).  No GIL needed. */
-void lmc_value_write(const lmc_value *v, char *dst);
+/* Write the encoded record into dst (lmc_value_size bytes), with the sequence
+ * number when the value has room for one.  No GIL needed. */
+void lmc_value_write(const lmc_value *v, char *dst, uint64_t seq);
 
 /* A parsed record, pointing into LMDB memory (valid while the txn lives). */
 typedef struct {
     int tag;
     int flags;
     double expires;
+    uint64_t seq;
     const char *key;
     size_t key_len;
     const char *data;

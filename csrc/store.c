@@ -1,6 +1,7 @@
 /*
- * store.c -- the Store type: the mapping over one LMDB environment, and the
- * iterator over its keys, values or items.
+ * store.c -- the Store type: the mapping over one namespace of one LMDB
+ * environment, the cache operations (TTL, atomic ops, batches, transactions,
+ * stats), and the iterator over keys, values or items.
  *
  * Every entry point first calls store_env(), which compares the Env's fork
  * generation with the process's (an integer compare) and reopens lazily when
@@ -14,17 +15,24 @@
  */
 #include "lmdbcache.h"
 
+#include <math.h>
 #include <string.h>
-#include <time.h>
 
 #define ITER_CHUNK 64
+#define LRU_FLUSH_BYTES ((size_t)64 << 10)
 
 typedef struct {
     PyObject_HEAD
     lmc_state *state;
     lmc_env *env;     /* NULL when closed (reopened on next use) */
+    MDB_dbi dbi;      /* this namespace's sub-database in env */
     char *path;       /* absolute directory path (filesystem encoding) */
+    char *ns;         /* namespace name, "" = default */
+    char *dbname;     /* LMDB sub-database name, "" = main DB */
+    char *boot_id;    /* durability marker content, or NULL */
+    double ttl;       /* default time-to-live in seconds, 0 = none */
     lmc_options opt;
+    unsigned long long hits, misses, sets, deletes, evictions, expirations;
 } StoreObject;
 
 typedef struct {
@@ -37,22 +45,26 @@ typedef struct {
     int done;
 } IterObject;
 
-static double lmc_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static inline int record_expired(const lmc_record *rec)
 {
     return (rec->flags & LMC_FLAG_EXPIRES) && rec->expires <= lmc_now();
+}
+
+static char *raw_strdup(const char *s)
+{
+    char *copy = PyMem_RawMalloc(strlen(s) + 1);
+    if (copy != NULL)
+        strcpy(copy, s);
+    return copy;
 }
 
 /* ---- the Env of a Store ---------------------------------------------------- */
 
 static lmc_env *store_reopen(StoreObject *self)
 {
+    lmc_env *e;
+    int rc;
+
     if (self->path == NULL) {
         PyErr_SetString(PyExc_ValueError, "Store.__init__ was not called");
         return NULL;
@@ -61,8 +73,25 @@ static lmc_env *store_reopen(StoreObject *self)
         lmc_env_release(self->env); /* abandons it if inherited */
         self->env = NULL;
     }
-    self->env = lmc_env_acquire(self->state, self->path, &self->opt);
-    return self->env;
+    e = lmc_env_acquire(self->state, self->path, &self->opt);
+    if (e == NULL)
+        return NULL;
+    rc = lmc_env_namespace(e, self->ns, !self->opt.readonly, &self->dbi);
+    if (rc != 0) {
+        if (rc == MDB_NOTFOUND)
+            PyErr_Format(self->state->Error, "namespace '%s' does not exist in '%s'", self->ns,
+                         self->path);
+        else if (rc == MDB_DBS_FULL)
+            PyErr_Format(self->state->Error,
+                         "cannot open namespace '%s' in '%s': too many namespaces", self->ns,
+                         self->path);
+        else
+            lmc_raise(self->state, rc, "open the namespace", self->path);
+        lmc_env_release(e);
+        return NULL;
+    }
+    self->env = e;
+    return e;
 }
 
 static inline lmc_env *store_env(StoreObject *self)
@@ -89,6 +118,14 @@ static void store_raise_write(StoreObject *self, lmc_env *e, int rc, const char 
         PyErr_Format(self->state->MapFullError,
                      "cannot %s in '%s': the cache reached its size_limit of %zu bytes "
                      "(delete entries or raise size_limit)", op, self->path, e->size_limit);
+    else if (rc == LMC_ERR_TXN_FAILED)
+        PyErr_Format(self->state->Error,
+                     "cannot %s in '%s': an earlier operation of this transaction failed, "
+                     "so it will be rolled back", op, self->path);
+    else if (rc == LMC_ERR_NO_TXN)
+        PyErr_Format(self->state->Error,
+                     "no transaction of this thread is open on '%s' (was it started in "
+                     "another thread or before a fork?)", self->path);
     else
         lmc_raise(self->state, rc, op, self->path);
 }
@@ -102,51 +139,152 @@ static void raise_key_error(PyObject *key)
     }
 }
 
+static void store_count(StoreObject *self, const lmc_evict_counts *c)
+{
+    self->evictions += c->evicted;
+    self->expirations += c->expired;
+}
+
+/* ttl argument: None -> the default; a positive number of seconds.  Returns
+ * the absolute expiry (0 = none) in *expires, or -1 with an exception. */
+static int parse_ttl(StoreObject *self, PyObject *ttl, double *expires)
+{
+    double t;
+    if (ttl == NULL || ttl == Py_None) {
+        *expires = self->ttl > 0 ? lmc_now() + self->ttl : 0;
+        return 0;
+    }
+    if (PyBool_Check(ttl) || !(PyFloat_Check(ttl) || PyLong_Check(ttl))) {
+        PyErr_Format(PyExc_TypeError, "ttl must be a number of seconds or None, not %.100s",
+                     Py_TYPE(ttl)->tp_name);
+        return -1;
+    }
+    t = PyFloat_AsDouble(ttl);
+    if (t == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(t > 0) || isinf(t)) {
+        PyErr_Format(PyExc_ValueError, "ttl must be a positive, finite number of seconds, got %R",
+                     ttl);
+        return -1;
+    }
+    *expires = lmc_now() + t;
+    return 0;
+}
+
+/* Parse (key, value=?, *, ttl=None)-style fastcall arguments: positional up
+ * to npos, then keywords by name. */
+static int parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      const char *fname, const char *const *names, int nreq, int nmax,
+                      PyObject **out)
+{
+    Py_ssize_t i, j, nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+
+    for (i = 0; i < nmax; i++)
+        out[i] = NULL;
+    if (nargs > nmax) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname,
+                     nmax, nargs);
+        return -1;
+    }
+    for (i = 0; i < nargs; i++)
+        out[i] = args[i];
+    for (j = 0; j < nkw; j++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, j);
+        for (i = 0; i < nmax; i++) {
+            if (PyUnicode_CompareWithASCIIString(name, names[i]) == 0)
+                break;
+        }
+        if (i == nmax) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname,
+                         name);
+            return -1;
+        }
+        if (out[i] != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
+                         names[i]);
+            return -1;
+        }
+        out[i] = args[nargs + j];
+    }
+    for (i = 0; i < nreq; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
+                         names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* ---- construction ---------------------------------------------------------- */
 
 static int store_init(StoreObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"path", "map_size", "size_limit", "readonly", "sync",
-                             "max_readers", NULL};
+    static char *kwlist[] = {"path",     "map_size",        "size_limit",  "readonly",
+                             "sync",     "max_readers",     "namespace",   "ttl",
+                             "eviction_policy", "boot_id",  NULL};
     PyObject *path = NULL;
     Py_ssize_t map_size = (Py_ssize_t)1 << 30, size_limit = 0;
-    int readonly = 0, sync = 0;
+    int readonly = 0, sync = 0, policy = LMC_POLICY_LRS;
     unsigned int max_readers = 1024;
-    lmc_env *e;
-    char *copy;
+    const char *ns = "", *boot_id = NULL;
+    double ttl = 0;
+    char *path_copy = NULL, *ns_copy = NULL, *dbname = NULL, *boot_copy = NULL;
+    size_t n;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|$nnppI:Store", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|$nnppIsdiz:Store", kwlist,
                                      PyUnicode_FSConverter, &path, &map_size, &size_limit,
-                                     &readonly, &sync, &max_readers))
+                                     &readonly, &sync, &max_readers, &ns, &ttl, &policy,
+                                     &boot_id))
         return -1;
-    if (map_size <= 0 || size_limit < 0 || max_readers == 0) {
-        PyErr_SetString(PyExc_ValueError,
-                        "map_size and max_readers must be positive, size_limit non-negative");
+    if (map_size <= 0 || size_limit < 0 || max_readers == 0 || ttl < 0 ||
+        policy < LMC_POLICY_NONE || policy > LMC_POLICY_LRU) {
+        PyErr_SetString(PyExc_ValueError, "invalid Store option");
         goto error;
     }
-    copy = PyMem_RawMalloc((size_t)PyBytes_GET_SIZE(path) + 1);
-    if (copy == NULL) {
+    path_copy = raw_strdup(PyBytes_AS_STRING(path));
+    ns_copy = raw_strdup(ns);
+    n = strlen(ns) + sizeof(LMC_NS_PREFIX);
+    dbname = PyMem_RawMalloc(n);
+    boot_copy = boot_id != NULL ? raw_strdup(boot_id) : NULL;
+    if (path_copy == NULL || ns_copy == NULL || dbname == NULL ||
+        (boot_id != NULL && boot_copy == NULL)) {
         PyErr_NoMemory();
         goto error;
     }
-    strcpy(copy, PyBytes_AS_STRING(path));
+    if (ns[0] != '\0')
+        PyOS_snprintf(dbname, n, "%s%s", LMC_NS_PREFIX, ns);
+    else
+        dbname[0] = '\0';
     Py_CLEAR(path);
     if (self->env != NULL) {
         lmc_env_release(self->env);
         self->env = NULL;
     }
     PyMem_RawFree(self->path);
-    self->path = copy;
+    PyMem_RawFree(self->ns);
+    PyMem_RawFree(self->dbname);
+    PyMem_RawFree(self->boot_id);
+    self->path = path_copy;
+    self->ns = ns_copy;
+    self->dbname = dbname;
+    self->boot_id = boot_copy;
+    self->ttl = ttl;
     self->opt.map_size = (size_t)map_size;
     self->opt.size_limit = (size_t)size_limit;
+    self->opt.policy = policy;
     self->opt.readonly = readonly;
     self->opt.sync = sync;
     self->opt.max_readers = max_readers;
-    e = store_reopen(self);
-    return e == NULL ? -1 : 0;
+    self->opt.boot_id = boot_copy;
+    return store_reopen(self) == NULL ? -1 : 0;
 
 error:
     Py_XDECREF(path);
+    PyMem_RawFree(path_copy);
+    PyMem_RawFree(ns_copy);
+    PyMem_RawFree(dbname);
+    PyMem_RawFree(boot_copy);
     return -1;
 }
 
@@ -180,6 +318,9 @@ static void store_dealloc(StoreObject *self)
     if (self->env != NULL)
         lmc_env_release(self->env);
     PyMem_RawFree(self->path);
+    PyMem_RawFree(self->ns);
+    PyMem_RawFree(self->dbname);
+    PyMem_RawFree(self->boot_id);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -194,6 +335,24 @@ static PyObject *store_close(StoreObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 /* ---- reads ------------------------------------------------------------------ */
+
+static int noop_fn(MDB_txn *txn, lmc_env *e, void *arg)
+{
+    (void)txn;
+    (void)e;
+    (void)arg;
+    return 0; /* the LRU log is flushed by env_run before this */
+}
+
+/* LRU bookkeeping after a hit: log it; write the log once it is large. */
+static void store_note_use(StoreObject *self, lmc_env *e, const lmc_key *k)
+{
+    lmc_lru_touch(e, self->dbname, &k->val);
+    if (e->lru_len > LRU_FLUSH_BYTES && !self->opt.readonly) {
+        int rc = lmc_env_write(e, noop_fn, NULL, LMC_WRITE_FREES, 0, NULL);
+        (void)rc; /* best effort: the log is kept for the next write otherwise */
+    }
+}
 
 /* Look key up.  Returns the value (new ref), or NULL: with an exception set,
  * or without one for a miss. */
@@ -218,7 +377,7 @@ static PyObject *store_lookup(StoreObject *self, PyObject *key)
         lmc_raise(st, rc, "begin a read", e->path);
         return NULL;
     }
-    rc = mdb_get(txn, e->main_dbi, &k.val, &v);
+    rc = mdb_get(txn, self->dbi, &k.val, &v);
     if (LMC_LIKELY(rc == 0)) {
         if (LMC_UNLIKELY(lmc_record_parse(st, v.mv_data, v.mv_size, &rec, e->path) < 0))
             rc = -1;
@@ -228,10 +387,17 @@ static PyObject *store_lookup(StoreObject *self, PyObject *key)
             rc = -2;
     }
     lmc_read_end(e, txn);
-    lmc_key_clear(&k);
-    if (LMC_LIKELY(rc == 0 || rc == -2))
+    if (LMC_LIKELY(rc == 0 || rc == -2)) {
+        self->hits++;
+        if (LMC_UNLIKELY(e->policy == LMC_POLICY_LRU) && lmc_env_evicts(e))
+            store_note_use(self, e, &k);
+        lmc_key_clear(&k);
         return lmc_value_finish(st, obj, pickled, e->path);
-    if (rc > 0 || (rc != MDB_NOTFOUND && rc != -1))
+    }
+    lmc_key_clear(&k);
+    if (rc == MDB_NOTFOUND)
+        self->misses++;
+    else if (rc != -1)
         lmc_raise(st, rc, "read", e->path);
     return NULL;
 }
@@ -247,28 +413,19 @@ static PyObject *store_subscript(StoreObject *self, PyObject *key)
 static PyObject *store_get(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames)
 {
-    PyObject *dflt = Py_None, *value;
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    static const char *const names[] = {"key", "default"};
+    PyObject *a[2], *value;
 
-    if (LMC_UNLIKELY(nargs < 1 || nargs + nkw > 2 ||
-                     (nkw == 1 && !PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0))))) {
-        PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
+    if (LMC_LIKELY(kwnames == NULL && (nargs == 1 || nargs == 2))) {
+        a[0] = args[0];
+        a[1] = nargs == 2 ? args[1] : NULL;
+    }
+    else if (parse_args(args, nargs, kwnames, "get", names, 1, 2, a) < 0) {
         return NULL;
     }
-    if (nkw == 1) {
-        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "default") != 0) {
-            PyErr_Format(PyExc_TypeError, "get() got an unexpected keyword argument '%U'",
-                         PyTuple_GET_ITEM(kwnames, 0));
-            return NULL;
-        }
-        dflt = args[1];
-    }
-    else if (nargs == 2) {
-        dflt = args[1];
-    }
-    value = store_lookup(self, args[0]);
+    value = store_lookup(self, a[0]);
     if (value == NULL && !PyErr_Occurred())
-        return Py_NewRef(dflt);
+        return Py_NewRef(a[1] != NULL ? a[1] : Py_None);
     return value;
 }
 
@@ -286,7 +443,7 @@ static int store_contains(StoreObject *self, PyObject *key)
         return -1;
     rc = lmc_read_begin(e, &txn);
     if (rc == 0) {
-        rc = mdb_get(txn, e->main_dbi, &k.val, &v);
+        rc = mdb_get(txn, self->dbi, &k.val, &v);
         if (rc == 0) {
             /* a corrupt record is present: `in` says so, reading it raises */
             found = lmc_record_parse_raw(v.mv_data, v.mv_size, &rec) != NULL ||
@@ -313,7 +470,7 @@ static Py_ssize_t store_length(StoreObject *self)
         return -1;
     rc = lmc_read_begin(e, &txn);
     if (rc == 0) {
-        rc = lmc_env_count(e, txn, &count);
+        rc = lmc_env_count(e, txn, self->dbi, &count);
         lmc_read_end(e, txn);
     }
     if (rc != 0) {
@@ -323,177 +480,486 @@ static Py_ssize_t store_length(StoreObject *self)
     return (Py_ssize_t)count;
 }
 
+/* get_many(keys) -> dict of the hits. */
+static PyObject *store_get_many(StoreObject *self, PyObject *keys)
+{
+    lmc_state *st = self->state;
+    lmc_env *e = store_env(self);
+    PyObject *seq = NULL, *result = NULL, **objs = NULL;
+    lmc_key *ks = NULL;
+    char *pickled = NULL;
+    lmc_record rec;
+    MDB_txn *txn = NULL;
+    MDB_val v;
+    Py_ssize_t n, i, nenc = 0;
+    int rc = 0;
+
+    if (e == NULL)
+        return NULL;
+    seq = PySequence_Fast(keys, "get_many() expects an iterable of keys");
+    if (seq == NULL)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    ks = PyMem_Calloc((size_t)n + 1, sizeof(*ks));
+    objs = PyMem_Calloc((size_t)n + 1, sizeof(*objs));
+    pickled = PyMem_Calloc((size_t)n + 1, 1);
+    if (ks == NULL || objs == NULL || pickled == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (nenc = 0; nenc < n; nenc++) {
+        if (lmc_key_encode(st, PySequence_Fast_GET_ITEM(seq, nenc), &ks[nenc]) < 0)
+            goto done;
+    }
+    rc = lmc_read_begin(e, &txn);
+    if (rc != 0)
+        goto lmdb_error;
+    for (i = 0; i < n; i++) {
+        int p = 0;
+        rc = mdb_get(txn, self->dbi, &ks[i].val, &v);
+        if (rc == MDB_NOTFOUND)
+            continue;
+        if (rc != 0)
+            break;
+        if (lmc_record_parse(st, v.mv_data, v.mv_size, &rec, e->path) < 0)
+            break;
+        if (!lmc_record_matches(&rec, &ks[i]) || record_expired(&rec))
+            continue;
+        objs[i] = lmc_record_take(&rec, &p);
+        if (objs[i] == NULL) {
+            objs[i] = NULL;
+            rc = -2;
+            break;
+        }
+        pickled[i] = (char)p;
+    }
+    lmc_read_end(e, txn);
+    if (rc == -2) {
+        lmc_value_finish(st, NULL, 0, e->path);
+        goto done;
+    }
+    if (PyErr_Occurred())
+        goto done;
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        goto lmdb_error;
+    result = PyDict_New();
+    if (result == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        PyObject *value;
+        if (objs[i] == NULL) {
+            self->misses++;
+            continue;
+        }
+        self->hits++;
+        if (e->policy == LMC_POLICY_LRU && lmc_env_evicts(e))
+            store_note_use(self, e, &ks[i]);
+        value = lmc_value_finish(st, objs[i], pickled[i], e->path);
+        objs[i] = NULL;
+        if (value == NULL || PyDict_SetItem(result, PySequence_Fast_GET_ITEM(seq, i), value) < 0) {
+            Py_XDECREF(value);
+            Py_CLEAR(result);
+            goto done;
+        }
+        Py_DECREF(value);
+    }
+    goto done;
+
+lmdb_error:
+    lmc_raise(st, rc, "read", e->path);
+done:
+    for (i = 0; i < nenc; i++)
+        lmc_key_clear(&ks[i]);
+    if (objs != NULL) {
+        for (i = 0; i < n; i++)
+            Py_XDECREF(objs[i]);
+    }
+    PyMem_Free(ks);
+    PyMem_Free(objs);
+    PyMem_Free(pickled);
+    Py_DECREF(seq);
+    return result;
+}
+
 /* ---- writes ----------------------------------------------------------------- */
+
+#define PUT_OVERWRITE 0
+#define PUT_ADD 1      /* only when absent (or expired) */
 
 typedef struct {
     MDB_dbi dbi;
-    MDB_val key;
-    const lmc_key *k;
-    const lmc_value *val;
-    char *old;        /* pop: copy of the removed record (PyMem_Raw) */
-    size_t old_len;
-} write_arg;
+    const char *dbname;
+    Py_ssize_t n;        /* number of records */
+    lmc_key *keys;
+    lmc_value *vals;
+    int mode;            /* PUT_* */
+    int added;           /* PUT_ADD: stored? */
+} put_arg;
 
-static int put_fn(MDB_txn *txn, lmc_env *e, void *arg)
+static int put_one(MDB_txn *txn, lmc_env *e, put_arg *a, Py_ssize_t i, unsigned int flags)
 {
-    write_arg *a = arg;
     MDB_val v;
-    int rc;
-    (void)e;
-    v.mv_size = lmc_value_size(a->val);
+    uint64_t seq = 0;
+    int rc, evicts = lmc_env_evicts(e);
+
+    v.mv_size = lmc_value_size(&a->vals[i]);
     v.mv_data = NULL;
-    rc = mdb_put(txn, a->dbi, &a->key, &v, MDB_RESERVE);
-    if (rc == 0)
-        lmc_value_write(a->val, v.mv_data);
+    rc = mdb_put(txn, a->dbi, &a->keys[i].val, &v, MDB_RESERVE | flags);
+    if (rc != 0)
+        return rc;
+    if (evicts)
+        seq = lmc_evict_next_seq(e, txn);
+    lmc_value_write(&a->vals[i], v.mv_data, seq);
+    if (evicts)
+        rc = lmc_evict_note(txn, e, a->dbname, &a->keys[i].val, seq);
     return rc;
 }
 
-/* Delete the record of a->k; MDB_NOTFOUND when absent.  With a->old set to
- * non-NULL storage request, the removed record is copied out first. */
-static int del_fn(MDB_txn *txn, lmc_env *e, void *arg)
+static int put_fn(MDB_txn *txn, lmc_env *e, void *arg)
 {
-    write_arg *a = arg;
+    put_arg *a = arg;
     MDB_val v;
     lmc_record rec;
+    Py_ssize_t i;
+    int rc = 0;
+
+    if (a->mode == PUT_ADD) {
+        a->added = 0;
+        rc = mdb_get(txn, a->dbi, &a->keys[0].val, &v);
+        if (rc == 0 && lmc_record_parse_raw(v.mv_data, v.mv_size, &rec) == NULL &&
+            lmc_record_matches(&rec, &a->keys[0]) && !record_expired(&rec))
+            return 0; /* present: nothing to do */
+        if (rc != 0 && rc != MDB_NOTFOUND)
+            return rc;
+        a->added = 1;
+    }
+    for (i = 0; i < a->n && rc == 0; i++)
+        rc = put_one(txn, e, a, i, 0);
+    return rc;
+}
+
+/* Encode n (key, value) pairs.  Returns 0 or -1 with an exception (and the
+ * encodings made so far cleared). */
+static int encode_pairs(StoreObject *self, PyObject *const *keys, PyObject *const *values,
+                        Py_ssize_t n, double expires, lmc_key *ks, lmc_value *vs, size_t *bytes)
+{
+    lmc_state *st = self->state;
+    int with_seq = lmc_env_evicts(self->env);
+    Py_ssize_t i;
+
+    *bytes = 0;
+    for (i = 0; i < n; i++) {
+        if (lmc_key_encode(st, keys[i], &ks[i]) < 0)
+            goto error;
+        if (lmc_value_encode(st, values[i], &ks[i], expires, with_seq, &vs[i]) < 0) {
+            lmc_key_clear(&ks[i]);
+            goto error;
+        }
+        *bytes += lmc_value_size(&vs[i]) + ks[i].val.mv_size;
+    }
+    return 0;
+error:
+    while (--i >= 0) {
+        lmc_value_clear(&vs[i]);
+        lmc_key_clear(&ks[i]);
+    }
+    return -1;
+}
+
+/* Store n pairs in one txn.  mode PUT_ADD (n == 1): returns 1 if added, 0 if
+ * present.  Returns -1 with an exception on error. */
+static int store_put_pairs(StoreObject *self, PyObject *const *keys, PyObject *const *values,
+                           Py_ssize_t n, double expires, int mode)
+{
+    lmc_key kbuf;
+    lmc_value vbuf;
+    lmc_key *ks = &kbuf;
+    lmc_value *vs = &vbuf;
+    lmc_evict_counts counts = {0, 0};
+    lmc_env *e;
+    put_arg a;
+    size_t bytes;
+    Py_ssize_t i;
     int rc;
-    (void)e;
-    PyMem_RawFree(a->old);
-    a->old = NULL;
-    rc = mdb_get(txn, a->dbi, &a->key, &v);
+
+    if (store_check_writable(self) < 0 || (e = store_env(self)) == NULL)
+        return -1;
+    if (n > 1) {
+        ks = PyMem_Malloc((size_t)n * sizeof(*ks));
+        vs = PyMem_Malloc((size_t)n * sizeof(*vs));
+        if (ks == NULL || vs == NULL) {
+            PyMem_Free(ks);
+            PyMem_Free(vs);
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    if (encode_pairs(self, keys, values, n, expires, ks, vs, &bytes) < 0) {
+        rc = -1;
+        goto done;
+    }
+    a.dbi = self->dbi;
+    a.dbname = self->dbname;
+    a.n = n;
+    a.keys = ks;
+    a.vals = vs;
+    a.mode = mode;
+    a.added = 0;
+    rc = lmc_env_write(e, put_fn, &a, LMC_WRITE_GROWS, bytes, &counts);
+    store_count(self, &counts);
+    for (i = 0; i < n; i++) {
+        lmc_value_clear(&vs[i]);
+        lmc_key_clear(&ks[i]);
+    }
+    if (rc != 0) {
+        store_raise_write(self, e, rc, "store a value");
+        rc = -1;
+    }
+    else if (mode == PUT_ADD) {
+        rc = a.added;
+        self->sets += (unsigned long long)a.added;
+    }
+    else {
+        self->sets += (unsigned long long)n;
+    }
+done:
+    if (ks != &kbuf) {
+        PyMem_Free(ks);
+        PyMem_Free(vs);
+    }
+    return rc;
+}
+
+static PyObject *store_set(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    static const char *const names[] = {"key", "value", "ttl"};
+    PyObject *a[3];
+    double expires;
+
+    if (LMC_LIKELY(kwnames == NULL && nargs == 2)) {
+        a[0] = args[0];
+        a[1] = args[1];
+        a[2] = NULL;
+    }
+    else if (parse_args(args, nargs, kwnames, "set", names, 2, 3, a) < 0) {
+        return NULL;
+    }
+    if (parse_ttl(self, a[2], &expires) < 0 ||
+        store_put_pairs(self, &a[0], &a[1], 1, expires, PUT_OVERWRITE) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *store_add(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    static const char *const names[] = {"key", "value", "ttl"};
+    PyObject *a[3];
+    double expires;
+    int rc;
+
+    if (parse_args(args, nargs, kwnames, "add", names, 2, 3, a) < 0 ||
+        parse_ttl(self, a[2], &expires) < 0)
+        return NULL;
+    rc = store_put_pairs(self, &a[0], &a[1], 1, expires, PUT_ADD);
+    if (rc < 0)
+        return NULL;
+    return PyBool_FromLong(rc);
+}
+
+/* _set_many(pairs: list of (key, value), ttl=None) */
+static PyObject *store_set_many(StoreObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *seq, **keys = NULL, **values = NULL;
+    double expires;
+    Py_ssize_t n, i;
+    int rc = -1;
+
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "_set_many(pairs, ttl=None)");
+        return NULL;
+    }
+    if (parse_ttl(self, nargs == 2 ? args[1] : NULL, &expires) < 0)
+        return NULL;
+    seq = PySequence_Fast(args[0], "set_many() expects a mapping or (key, value) pairs");
+    if (seq == NULL)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    keys = PyMem_Malloc(((size_t)n + 1) * sizeof(PyObject *));
+    values = PyMem_Malloc(((size_t)n + 1) * sizeof(PyObject *));
+    if (keys == NULL || values == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_Format(PyExc_TypeError,
+                         "set_many() item %zd is not a (key, value) pair", i);
+            goto done;
+        }
+        keys[i] = PyTuple_GET_ITEM(pair, 0);
+        values[i] = PyTuple_GET_ITEM(pair, 1);
+    }
+    rc = n == 0 ? 0 : store_put_pairs(self, keys, values, n, expires, PUT_OVERWRITE);
+done:
+    PyMem_Free(keys);
+    PyMem_Free(values);
+    Py_DECREF(seq);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+typedef struct {
+    MDB_dbi dbi;
+    Py_ssize_t n;
+    lmc_key *keys;
+    Py_ssize_t deleted;
+    int want_old;        /* pop: copy the removed record out */
+    char *old;
+    size_t old_len;
+} del_arg;
+
+/* Delete one key.  Returns 1 deleted, 0 absent (expired ones are deleted
+ * too but count as absent), or an LMDB code (< 0). */
+static int del_one(MDB_txn *txn, del_arg *a, Py_ssize_t i)
+{
+    MDB_val v;
+    lmc_record rec;
+    int rc, live = 1;
+
+    rc = mdb_get(txn, a->dbi, &a->keys[i].val, &v);
+    if (rc == MDB_NOTFOUND)
+        return 0;
     if (rc != 0)
         return rc;
-    if (lmc_record_parse_raw(v.mv_data, v.mv_size, &rec) == NULL &&
-        (!lmc_record_matches(&rec, a->k) || record_expired(&rec))) {
-        if (!lmc_record_matches(&rec, a->k))
-            return MDB_NOTFOUND; /* another key with the same digest */
-        rc = mdb_del(txn, a->dbi, &a->key, NULL); /* expired: gone anyway */
-        return rc == 0 ? MDB_NOTFOUND : rc;
+    if (lmc_record_parse_raw(v.mv_data, v.mv_size, &rec) == NULL) {
+        if (!lmc_record_matches(&rec, &a->keys[i]))
+            return 0; /* another key with the same digest */
+        live = !record_expired(&rec);
     }
-    if (a->old_len == 1) { /* pop: keep a copy */
+    if (live && a->want_old) {
         a->old = PyMem_RawMalloc(v.mv_size ? v.mv_size : 1);
         if (a->old == NULL)
             return ENOMEM;
         memcpy(a->old, v.mv_data, v.mv_size);
         a->old_len = v.mv_size;
     }
-    return mdb_del(txn, a->dbi, &a->key, NULL);
+    rc = mdb_del(txn, a->dbi, &a->keys[i].val, NULL);
+    return rc != 0 ? rc : live;
 }
 
-static int clear_fn(MDB_txn *txn, lmc_env *e, void *arg)
+static int del_fn(MDB_txn *txn, lmc_env *e, void *arg)
 {
-    MDB_cursor *cur;
-    MDB_val k = {1, (void *)"b"}, v;
+    del_arg *a = arg;
+    Py_ssize_t i;
     int rc;
-    (void)arg;
-    rc = mdb_cursor_open(txn, e->main_dbi, &cur);
-    if (rc != 0)
-        return rc;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        rc = mdb_cursor_del(cur, 0);
-        if (rc != 0)
-            break;
-    }
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
-}
-
-static int store_put(StoreObject *self, PyObject *key, PyObject *value, double expires)
-{
-    lmc_state *st = self->state;
-    lmc_env *e;
-    lmc_key k;
-    lmc_value val;
-    write_arg a;
-    int rc;
-
-    if (store_check_writable(self) < 0 || (e = store_env(self)) == NULL)
-        return -1;
-    if (lmc_key_encode(st, key, &k) < 0)
-        return -1;
-    if (lmc_value_encode(st, value, &k, expires, &val) < 0) {
-        lmc_key_clear(&k);
-        return -1;
-    }
-    a.dbi = e->main_dbi;
-    a.key = k.val;
-    a.k = &k;
-    a.val = &val;
-    rc = lmc_env_write(e, put_fn, &a, LMC_WRITE_GROWS, lmc_value_size(&val) + k.val.mv_size);
-    lmc_value_clear(&val);
-    lmc_key_clear(&k);
-    if (rc != 0) {
-        store_raise_write(self, e, rc, "store a value");
-        return -1;
+    (void)e;
+    PyMem_RawFree(a->old);
+    a->old = NULL;
+    a->deleted = 0;
+    for (i = 0; i < a->n; i++) {
+        rc = del_one(txn, a, i);
+        if (rc < 0 || rc > 1)
+            return rc;
+        a->deleted += rc;
     }
     return 0;
 }
 
-/* Delete key.  Returns 1 deleted, 0 absent, -1 error.  With `old`, the removed
- * record is returned through it (PyMem_Raw memory, caller frees). */
-static int store_remove(StoreObject *self, PyObject *key, char **old, size_t *old_len)
+/* Delete keys[0..n).  Returns the number deleted, or -1 with an exception.
+ * With old: the single removed record (PyMem_Raw memory; caller frees). */
+static Py_ssize_t store_remove(StoreObject *self, PyObject *const *keys, Py_ssize_t n,
+                               char **old, size_t *old_len)
 {
     lmc_state *st = self->state;
+    lmc_key kbuf, *ks = &kbuf;
     lmc_env *e;
-    lmc_key k;
-    write_arg a;
+    del_arg a;
+    Py_ssize_t i, nenc;
     int rc;
 
     if (store_check_writable(self) < 0 || (e = store_env(self)) == NULL)
         return -1;
-    if (lmc_key_encode(st, key, &k) < 0)
+    if (n > 1 && (ks = PyMem_Malloc((size_t)n * sizeof(*ks))) == NULL) {
+        PyErr_NoMemory();
         return -1;
-    a.dbi = e->main_dbi;
-    a.key = k.val;
-    a.k = &k;
+    }
+    for (nenc = 0; nenc < n; nenc++) {
+        if (lmc_key_encode(st, keys[nenc], &ks[nenc]) < 0) {
+            rc = -1;
+            goto done;
+        }
+    }
+    a.dbi = self->dbi;
+    a.n = n;
+    a.keys = ks;
+    a.deleted = 0;
+    a.want_old = old != NULL;
     a.old = NULL;
-    a.old_len = old != NULL;
-    rc = lmc_env_write(e, del_fn, &a, LMC_WRITE_FREES, 0);
-    lmc_key_clear(&k);
-    if (rc == 0 && old != NULL) {
+    a.old_len = 0;
+    rc = lmc_env_write(e, del_fn, &a, LMC_WRITE_FREES, 0, NULL);
+    if (rc == 0 && old != NULL && a.deleted) {
         *old = a.old;
         *old_len = a.old_len;
     }
     else {
         PyMem_RawFree(a.old);
     }
-    if (rc == MDB_NOTFOUND)
-        return 0;
     if (rc != 0) {
         store_raise_write(self, e, rc, "delete a key");
-        return -1;
+        rc = -1;
     }
-    return 1;
+done:
+    for (i = 0; i < nenc; i++)
+        lmc_key_clear(&ks[i]);
+    if (ks != &kbuf)
+        PyMem_Free(ks);
+    if (rc != 0)
+        return -1;
+    self->deletes += (unsigned long long)a.deleted;
+    return a.deleted;
 }
 
 static int store_ass_subscript(StoreObject *self, PyObject *key, PyObject *value)
 {
-    int rc;
-    if (value != NULL)
-        return store_put(self, key, value, 0);
-    rc = store_remove(self, key, NULL, NULL);
+    Py_ssize_t rc;
+    double expires = 0;
+    if (value != NULL) {
+        if (LMC_UNLIKELY(self->ttl > 0))
+            expires = lmc_now() + self->ttl;
+        return store_put_pairs(self, &key, &value, 1, expires, PUT_OVERWRITE);
+    }
+    rc = store_remove(self, &key, 1, NULL, NULL);
     if (rc == 0)
         raise_key_error(key);
     return rc > 0 ? 0 : -1;
 }
 
-static PyObject *store_set(StoreObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "set(key, value)");
-        return NULL;
-    }
-    if (store_put(self, args[0], args[1], 0) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
 static PyObject *store_delete(StoreObject *self, PyObject *key)
 {
-    int rc = store_remove(self, key, NULL, NULL);
+    Py_ssize_t rc = store_remove(self, &key, 1, NULL, NULL);
     if (rc < 0)
         return NULL;
-    return PyBool_FromLong(rc);
+    return PyBool_FromLong(rc > 0);
+}
+
+static PyObject *store_delete_many(StoreObject *self, PyObject *keys)
+{
+    PyObject *seq = PySequence_Fast(keys, "delete_many() expects an iterable of keys");
+    Py_ssize_t rc;
+    if (seq == NULL)
+        return NULL;
+    rc = PySequence_Fast_GET_SIZE(seq) == 0
+             ? 0
+             : store_remove(self, PySequence_Fast_ITEMS(seq), PySequence_Fast_GET_SIZE(seq),
+                            NULL, NULL);
+    Py_DECREF(seq);
+    if (rc < 0)
+        return NULL;
+    return PyLong_FromSsize_t(rc);
 }
 
 static PyObject *store_pop(StoreObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -502,13 +968,14 @@ static PyObject *store_pop(StoreObject *self, PyObject *const *args, Py_ssize_t 
     char *old = NULL;
     size_t old_len = 0;
     PyObject *obj;
-    int rc, pickled;
+    Py_ssize_t rc;
+    int pickled;
 
     if (nargs < 1 || nargs > 2) {
         PyErr_SetString(PyExc_TypeError, "pop(key[, default])");
         return NULL;
     }
-    rc = store_remove(self, args[0], &old, &old_len);
+    rc = store_remove(self, args, 1, &old, &old_len);
     if (rc < 0)
         return NULL;
     if (rc == 0) {
@@ -526,23 +993,356 @@ static PyObject *store_pop(StoreObject *self, PyObject *const *args, Py_ssize_t 
     return lmc_value_finish(self->state, obj, pickled, self->path);
 }
 
-static PyObject *store_clear(StoreObject *self, PyObject *Py_UNUSED(ignored))
+/* incr/touch: read-modify-write of one record inside the write txn. */
+typedef struct {
+    MDB_dbi dbi;
+    const char *dbname;
+    lmc_key *key;
+    long long delta, dflt, result;
+    double expires;      /* incr: expiry of a new record; touch: the new expiry */
+    int found;           /* touch: was the key present */
+} rmw_arg;
+
+static int incr_fn(MDB_txn *txn, lmc_env *e, void *arg)
+{
+    rmw_arg *a = arg;
+    lmc_record rec;
+    lmc_value val;
+    MDB_val v;
+    long long base = a->dflt;
+    double expires = a->expires;
+    uint64_t seq = 0;
+    int rc, evicts = lmc_env_evicts(e);
+
+    rc = mdb_get(txn, a->dbi, &a->key->val, &v);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return rc;
+    if (rc == 0) {
+        if (lmc_record_parse_raw(v.mv_data, v.mv_size, &rec) != NULL)
+            return LMC_ERR_NOT_INT;
+        if (lmc_record_matches(&rec, a->key) && !record_expired(&rec)) {
+            if (rec.tag != LMC_VAL_INT)
+                return LMC_ERR_NOT_INT;
+            memcpy(&base, rec.data, 8);
+            expires = (rec.flags & LMC_FLAG_EXPIRES) ? rec.expires : 0;
+        }
+    }
+    if (__builtin_add_overflow(base, a->delta, &a->result))
+        return LMC_ERR_OVERFLOW;
+    memcpy(val.num, &a->result, 8);
+    val.data = (const char *)val.num;
+    val.data_len = 8;
+    val.owner = NULL;
+    lmc_value_head(&val, LMC_VAL_INT, expires, evicts, a->key);
+    v.mv_size = lmc_value_size(&val);
+    rc = mdb_put(txn, a->dbi, &a->key->val, &v, MDB_RESERVE);
+    if (rc != 0)
+        return rc;
+    if (evicts)
+        seq = lmc_evict_next_seq(e, txn);
+    lmc_value_write(&val, v.mv_data, seq);
+    return evicts ? lmc_evict_note(txn, e, a->dbname, &a->key->val, seq) : 0;
+}
+
+static int as_long_long(PyObject *obj, const char *name, long long *out)
+{
+    int overflow;
+    if (PyBool_Check(obj) || !PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", name,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *out = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (*out == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow) {
+        PyErr_Format(PyExc_OverflowError, "%s does not fit in 64 bits", name);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *store_incr(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    static const char *const names[] = {"key", "delta", "default"};
+    lmc_evict_counts counts = {0, 0};
+    PyObject *p[3];
+    lmc_key k;
+    lmc_env *e;
+    rmw_arg a;
+    int rc;
+
+    if (parse_args(args, nargs, kwnames, "incr", names, 1, 3, p) < 0)
+        return NULL;
+    a.delta = 1;
+    a.dflt = 0;
+    if ((p[1] != NULL && as_long_long(p[1], "delta", &a.delta) < 0) ||
+        (p[2] != NULL && as_long_long(p[2], "default", &a.dflt) < 0))
+        return NULL;
+    if (store_check_writable(self) < 0 || (e = store_env(self)) == NULL)
+        return NULL;
+    if (lmc_key_encode(self->state, p[0], &k) < 0)
+        return NULL;
+    a.dbi = self->dbi;
+    a.dbname = self->dbname;
+    a.key = &k;
+    a.expires = self->ttl > 0 ? lmc_now() + self->ttl : 0;
+    rc = lmc_env_write(e, incr_fn, &a, LMC_WRITE_GROWS, 64 + k.val.mv_size, &counts);
+    store_count(self, &counts);
+    lmc_key_clear(&k);
+    if (rc == LMC_ERR_NOT_INT) {
+        PyErr_Format(PyExc_TypeError, "cannot increment %R in '%s': its value is not an int",
+                     p[0], self->path);
+        return NULL;
+    }
+    if (rc == LMC_ERR_OVERFLOW) {
+        PyErr_Format(PyExc_OverflowError,
+                     "incrementing %R in '%s' would leave the 64-bit range", p[0], self->path);
+        return NULL;
+    }
+    if (rc != 0) {
+        store_raise_write(self, e, rc, "increment a value");
+        return NULL;
+    }
+    self->sets++;
+    return PyLong_FromLongLong(a.result);
+}
+
+static int touch_fn(MDB_txn *txn, lmc_env *e, void *arg)
+{
+    rmw_arg *a = arg;
+    lmc_record rec;
+    lmc_value val;
+    MDB_val v;
+    char *copy;
+    size_t payload_len;
+    uint64_t seq;
+    int rc;
+    (void)e;
+
+    a->found = 0;
+    rc = mdb_get(txn, a->dbi, &a->key->val, &v);
+    if (rc != 0)
+        return rc == MDB_NOTFOUND ? 0 : rc;
+    if (lmc_record_parse_raw(v.mv_data, v.mv_size, &rec) != NULL ||
+        !lmc_record_matches(&rec, a->key) || record_expired(&rec))
+        return 0;
+    /* copy the payload out: the put below may move the old record */
+    payload_len = rec.data_len;
+    copy = PyMem_RawMalloc(payload_len ? payload_len : 1);
+    if (copy == NULL)
+        return ENOMEM;
+    memcpy(copy, rec.data, payload_len);
+    seq = rec.seq;
+    val.data = copy;
+    val.data_len = payload_len;
+    val.owner = NULL;
+    lmc_value_head(&val, rec.tag, a->expires, (rec.flags & LMC_FLAG_SEQ) != 0, a->key);
+    v.mv_size = lmc_value_size(&val);
+    rc = mdb_put(txn, a->dbi, &a->key->val, &v, MDB_RESERVE);
+    if (rc == 0) {
+        lmc_value_write(&val, v.mv_data, seq); /* same seq: not a new store */
+        a->found = 1;
+    }
+    PyMem_RawFree(copy);
+    return rc;
+}
+
+static PyObject *store_touch(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
+{
+    static const char *const names[] = {"key", "ttl"};
+    PyObject *p[2];
+    lmc_key k;
+    lmc_env *e;
+    rmw_arg a;
+    int rc;
+
+    if (parse_args(args, nargs, kwnames, "touch", names, 1, 2, p) < 0 ||
+        parse_ttl(self, p[1], &a.expires) < 0)
+        return NULL;
+    if (store_check_writable(self) < 0 || (e = store_env(self)) == NULL)
+        return NULL;
+    if (lmc_key_encode(self->state, p[0], &k) < 0)
+        return NULL;
+    a.dbi = self->dbi;
+    a.dbname = self->dbname;
+    a.key = &k;
+    rc = lmc_env_write(e, touch_fn, &a, LMC_WRITE_GROWS, 0, NULL);
+    lmc_key_clear(&k);
+    if (rc != 0) {
+        store_raise_write(self, e, rc, "touch a key");
+        return NULL;
+    }
+    return PyBool_FromLong(a.found);
+}
+
+typedef struct {
+    MDB_dbi dbi;
+    int is_main;
+    size_t removed;
+} scan_arg;
+
+static int expire_fn(MDB_txn *txn, lmc_env *e, void *arg)
+{
+    scan_arg *a = arg;
+    MDB_cursor *cur;
+    MDB_val k = {1, (void *)"b"}, v;
+    lmc_record rec;
+    double now = lmc_now();
+    int rc;
+    (void)e;
+
+    a->removed = 0;
+    rc = mdb_cursor_open(txn, a->dbi, &cur);
+    if (rc != 0)
+        return rc;
+    rc = mdb_cursor_get(cur, &k, &v, a->is_main ? MDB_SET_RANGE : MDB_FIRST);
+    while (rc == 0) {
+        if (lmc_record_parse_raw(v.mv_data, v.mv_size, &rec) == NULL &&
+            (rec.flags & LMC_FLAG_EXPIRES) && rec.expires <= now) {
+            rc = mdb_cursor_del(cur, 0);
+            if (rc != 0)
+                break;
+            a->removed++;
+        }
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int clear_fn(MDB_txn *txn, lmc_env *e, void *arg)
+{
+    scan_arg *a = arg;
+    MDB_cursor *cur;
+    MDB_val k = {1, (void *)"b"}, v;
+    int rc;
+    (void)e;
+
+    if (!a->is_main)
+        return mdb_drop(txn, a->dbi, 0); /* empties the sub-database */
+    rc = mdb_cursor_open(txn, a->dbi, &cur);
+    if (rc != 0)
+        return rc;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        rc = mdb_cursor_del(cur, 0);
+        if (rc != 0)
+            break;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static PyObject *store_scan_write(StoreObject *self, lmc_write_fn fn, const char *op)
 {
     MDB_envinfo info;
     lmc_env *e;
+    scan_arg a;
     int rc;
 
     if (store_check_writable(self) < 0 || (e = store_env(self)) == NULL)
         return NULL;
-    /* deleting every key may copy every page: reserve the file's size */
+    a.dbi = self->dbi;
+    a.is_main = self->dbi == e->main_dbi;
+    a.removed = 0;
+    /* deleting many keys may copy many pages: reserve the file's size */
     if ((rc = mdb_env_info(e->env, &info)) == 0)
-        rc = lmc_env_write(e, clear_fn, NULL, LMC_WRITE_FREES,
-                           (info.me_last_pgno + 1) * e->page_size);
+        rc = lmc_env_write(e, fn, &a, LMC_WRITE_FREES, (info.me_last_pgno + 1) * e->page_size,
+                           NULL);
     if (rc != 0) {
-        store_raise_write(self, e, rc, "clear");
+        store_raise_write(self, e, rc, op);
+        return NULL;
+    }
+    return PyLong_FromSize_t(a.removed);
+}
+
+static PyObject *store_clear(StoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *r = store_scan_write(self, clear_fn, "clear");
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *store_expire(StoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *r = store_scan_write(self, expire_fn, "remove expired entries");
+    if (r != NULL)
+        self->expirations += PyLong_AsUnsignedLongLong(r);
+    return r;
+}
+
+/* ---- transactions, sync, introspection ------------------------------------- */
+
+static PyObject *store_txn_begin(StoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    lmc_env *e;
+    int rc;
+    if (store_check_writable(self) < 0 || (e = store_env(self)) == NULL)
+        return NULL;
+    rc = lmc_env_txn_begin(e);
+    if (rc != 0) {
+        store_raise_write(self, e, rc, "begin a transaction");
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *store_txn_end(StoreObject *self, PyObject *commit)
+{
+    lmc_env *e = store_env(self);
+    int rc, c = PyObject_IsTrue(commit);
+    if (e == NULL || c < 0)
+        return NULL;
+    rc = lmc_env_txn_end(e, c);
+    if (rc != 0) {
+        store_raise_write(self, e, rc, "commit the transaction");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *store_in_txn(StoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    lmc_env *e = self->env;
+    return PyBool_FromLong(e != NULL && lmc_env_is_current(e) && lmc_env_in_txn(e));
+}
+
+static PyObject *store_sync(StoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    lmc_env *e = store_env(self);
+    int rc;
+    if (e == NULL)
+        return NULL;
+    rc = lmc_env_sync(e);
+    if (rc != 0) {
+        lmc_raise(self->state, rc, "sync", e->path);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *store_stats(StoreObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *d;
+    int reset = 0;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "stats(reset=False)");
+        return NULL;
+    }
+    if (nargs == 1 && (reset = PyObject_IsTrue(args[0])) < 0)
+        return NULL;
+    d = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}", "hits", self->hits, "misses", self->misses,
+                      "sets", self->sets, "deletes", self->deletes, "evictions",
+                      self->evictions, "expirations", self->expirations);
+    if (d != NULL && reset)
+        self->hits = self->misses = self->sets = self->deletes = self->evictions =
+            self->expirations = 0;
+    return d;
 }
 
 static PyObject *store_env_info(StoreObject *self, PyObject *Py_UNUSED(ignored))
@@ -550,19 +1350,30 @@ static PyObject *store_env_info(StoreObject *self, PyObject *Py_UNUSED(ignored))
     lmc_env *e = store_env(self);
     MDB_envinfo info;
     MDB_stat ms;
+    MDB_txn *txn;
+    size_t pages = 0;
     int rc;
 
     if (e == NULL)
         return NULL;
-    if ((rc = mdb_env_info(e->env, &info)) != 0 || (rc = mdb_env_stat(e->env, &ms)) != 0) {
-        lmc_raise(self->state, rc, "read environment info", e->path);
-        return NULL;
-    }
-    return Py_BuildValue("{s:n,s:n,s:n,s:I,s:I,s:n}", "map_size", (Py_ssize_t)info.me_mapsize,
-                         "used_bytes", (Py_ssize_t)((info.me_last_pgno + 1) * ms.ms_psize),
-                         "page_size", (Py_ssize_t)ms.ms_psize, "max_readers",
-                         info.me_maxreaders, "readers", info.me_numreaders, "size_limit",
-                         (Py_ssize_t)e->size_limit);
+    if ((rc = mdb_env_info(e->env, &info)) != 0 || (rc = mdb_env_stat(e->env, &ms)) != 0)
+        goto error;
+    if ((rc = lmc_read_begin(e, &txn)) != 0)
+        goto error;
+    rc = mdb_stat(txn, self->dbi, &ms);
+    lmc_read_end(e, txn);
+    if (rc != 0)
+        goto error;
+    pages = ms.ms_branch_pages + ms.ms_leaf_pages + ms.ms_overflow_pages;
+    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:I,s:I,s:n}", "map_size",
+                         (Py_ssize_t)info.me_mapsize, "used_bytes",
+                         (Py_ssize_t)((info.me_last_pgno + 1) * ms.ms_psize), "namespace_bytes",
+                         (Py_ssize_t)(pages * ms.ms_psize), "page_size", (Py_ssize_t)ms.ms_psize,
+                         "max_readers", info.me_maxreaders, "readers", info.me_numreaders,
+                         "size_limit", (Py_ssize_t)e->size_limit);
+error:
+    lmc_raise(self->state, rc, "read environment info", e->path);
+    return NULL;
 }
 
 /* ---- iteration --------------------------------------------------------------- */
@@ -619,7 +1430,7 @@ static int iter_fill(IterObject *it)
     rc = lmc_read_begin(e, &txn);
     if (rc != 0)
         goto lmdb_error;
-    rc = mdb_cursor_open(txn, e->main_dbi, &cur);
+    rc = mdb_cursor_open(txn, s->dbi, &cur);
     if (rc != 0)
         goto lmdb_error;
     if (it->last != NULL) {
@@ -631,9 +1442,9 @@ static int iter_fill(IterObject *it)
             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     else {
-        k.mv_data = (void *)"b";
+        k.mv_data = (void *)"b"; /* the main DB's first user key tag */
         k.mv_size = 1;
-        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        rc = mdb_cursor_get(cur, &k, &v, s->dbi == e->main_dbi ? MDB_SET_RANGE : MDB_FIRST);
     }
     /* Under the txn: only copies and native objects, no user code. */
     for (; rc == 0 && n < ITER_CHUNK; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
@@ -654,6 +1465,7 @@ static int iter_fill(IterObject *it)
         i = 0;
         if (it->mode != 0 && (rv[n] = lmc_record_take(&rec, &i)) == NULL) {
             Py_DECREF(rk[n]);
+            lmc_value_finish(st, NULL, 0, e->path); /* invalid UTF-8 -> CorruptError */
             goto error;
         }
         pk[n++] = (char)i;
@@ -766,18 +1578,38 @@ static void iter_dealloc(IterObject *it)
 
 /* ---- type specs ------------------------------------------------------------ */
 
+#define FASTKW(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL | METH_KEYWORDS
+#define FAST(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL
+
 static PyMethodDef store_methods[] = {
-    {"get", (PyCFunction)(void (*)(void))store_get, METH_FASTCALL | METH_KEYWORDS,
-     "get(key, default=None): the value stored under key, or default."},
-    {"set", (PyCFunction)(void (*)(void))store_set, METH_FASTCALL,
-     "set(key, value): store value under key."},
+    {"get", FASTKW(store_get), "get(key, default=None): the value under key, or default."},
+    {"set", FASTKW(store_set), "set(key, value, ttl=None): store value under key."},
+    {"add", FASTKW(store_add),
+     "add(key, value, ttl=None) -> bool: store only if key is absent (atomic)."},
+    {"incr", FASTKW(store_incr),
+     "incr(key, delta=1, default=0) -> int: add delta to an int value (atomic)."},
+    {"touch", FASTKW(store_touch),
+     "touch(key, ttl=None) -> bool: give key a new time-to-live."},
     {"delete", (PyCFunction)store_delete, METH_O,
      "delete(key) -> bool: remove key; True if it was present."},
-    {"pop", (PyCFunction)(void (*)(void))store_pop, METH_FASTCALL,
-     "pop(key[, default]): remove key and return its value, atomically."},
-    {"clear", (PyCFunction)store_clear, METH_NOARGS, "Remove every entry."},
+    {"pop", FAST(store_pop), "pop(key[, default]): remove key and return its value (atomic)."},
+    {"get_many", (PyCFunction)store_get_many, METH_O,
+     "get_many(keys) -> dict: the hits among keys, read in one transaction."},
+    {"_set_many", FAST(store_set_many), "_set_many(pairs, ttl=None): store in one transaction."},
+    {"delete_many", (PyCFunction)store_delete_many, METH_O,
+     "delete_many(keys) -> int: remove keys in one transaction; how many were present."},
+    {"clear", (PyCFunction)store_clear, METH_NOARGS, "Remove every entry of this namespace."},
+    {"expire", (PyCFunction)store_expire, METH_NOARGS,
+     "expire() -> int: remove expired entries; how many."},
     {"close", (PyCFunction)store_close, METH_NOARGS,
      "Release the environment; the next use reopens it."},
+    {"sync", (PyCFunction)store_sync, METH_NOARGS, "Flush every committed write to disk."},
+    {"stats", FAST(store_stats),
+     "stats(reset=False) -> dict: this object's hit/miss/set/delete/eviction counts."},
+    {"_txn_begin", (PyCFunction)store_txn_begin, METH_NOARGS, "Begin this thread's transaction."},
+    {"_txn_end", (PyCFunction)store_txn_end, METH_O, "_txn_end(commit): end it."},
+    {"_in_txn", (PyCFunction)store_in_txn, METH_NOARGS,
+     "Whether this thread has a transaction open."},
     {"_iter", (PyCFunction)store_iter_mode, METH_O,
      "_iter(mode): iterator over keys (0), values (1) or items (2)."},
     {"_env_info", (PyCFunction)store_env_info, METH_NOARGS,
@@ -797,14 +1629,24 @@ static PyObject *store_get_readonly(StoreObject *self, void *Py_UNUSED(closure))
     return PyBool_FromLong(self->opt.readonly);
 }
 
+static PyObject *store_get_ns(StoreObject *self, void *Py_UNUSED(closure))
+{
+    if (self->ns == NULL || self->ns[0] == '\0')
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(self->ns);
+}
+
 static PyGetSetDef store_getset[] = {
     {"path", (getter)store_get_path, NULL, "The cache directory.", NULL},
     {"readonly", (getter)store_get_readonly, NULL, "Whether writes are refused.", NULL},
+    {"namespace_name", (getter)store_get_ns, NULL, "The namespace, None for the default.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot store_slots[] = {
-    {Py_tp_doc, "Store(path, *, map_size, size_limit, readonly, sync, max_readers)\n\n"
+    {Py_tp_doc, "Store(path, *, map_size, size_limit, readonly, sync, max_readers, namespace, "
+                "ttl, eviction_policy, boot_id)\n\n"
                 "The C mapping over an LMDB environment; use lmdbcache.Cache."},
     {Py_tp_new, store_new},
     {Py_tp_init, store_init},

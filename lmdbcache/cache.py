@@ -1,16 +1,26 @@
-"""The public Cache class: options, validation, views and pickling in Python;
-every mapping operation is a slot or method of the C base class Store."""
+"""The public Cache class: options, validation, views, namespaces, transactions,
+async wrappers and the durability guard in Python; every mapping and cache
+operation is a slot or method of the C base class Store."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
+import math
 import os
-from collections.abc import ItemsView, KeysView, MutableMapping, ValuesView
+import time
+import warnings
+from collections.abc import ItemsView, Iterable, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, Iterator
 
 from . import _core
 
 DEFAULT_MAP_SIZE = 1 << 30
 MIN_SIZE_LIMIT = 1 << 16
+MAX_NAMESPACE_BYTES = 200
 _DURABILITY = ("process", "full")
+_POLICIES = {"none": 0, "least-recently-stored": 1, "least-recently-used": 2}
+_MISSING = object()
 
 
 class _KeysView(KeysView):
@@ -34,12 +44,90 @@ class _ItemsView(ItemsView):
         return self._mapping._iter(2)
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+def _positive_int(name: str, value: Any, minimum: int = 1, why: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+        raise ValueError(f"{name} must be at least {minimum}{why}, got {value}")
     return value
+
+
+def _check_ttl(ttl: Any) -> float | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"ttl must be a number of seconds or None, not {type(ttl).__name__}")
+    if not ttl > 0 or math.isinf(ttl):
+        raise ValueError(f"ttl must be a positive, finite number of seconds, got {ttl!r}")
+    return float(ttl)
+
+
+def _check_namespace(name: Any) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"namespace name must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError("namespace name must not be empty")
+    if name.startswith("__"):
+        raise ValueError(f"namespace names starting with '__' are reserved: {name!r}")
+    if "\0" in name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAMESPACE_BYTES:
+        raise ValueError(
+            f"namespace name must be at most {MAX_NAMESPACE_BYTES} UTF-8 bytes without NUL: {name!r}"
+        )
+    return name
+
+
+def boot_id() -> str | None:
+    """This boot of the machine, as the durability guard sees it.
+
+    ``LMDBCACHE_BOOT_ID`` overrides it (for tests that simulate a reboot).
+    ``None`` where the OS does not tell (the guard is then off).
+    """
+    override = os.environ.get("LMDBCACHE_BOOT_ID")
+    if override:
+        return override
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _guard(path: str, readonly: bool, current: str | None) -> None:
+    """Refuse a data file that an OS crash may have torn.
+
+    ``<path>/unsynced`` exists while some process may hold commits that are
+    not on disk yet (durability="process"), and names the boot it was written
+    in.  If it names another boot, the machine went down with unsynced writes:
+    the data file is moved aside to ``<path>/torn-<time>/`` and the cache
+    starts empty.  Called holding an flock on ``<path>/guard.lock``.
+    """
+    marker = os.path.join(path, "unsynced")
+    try:
+        with open(marker) as f:
+            written = f.read().strip()
+    except FileNotFoundError:
+        return
+    if current is None or written == current:
+        return
+    if readonly:
+        raise _core.CorruptError(
+            f"the cache in {path!r} may be torn: the machine went down while it held "
+            "unsynced writes; open it once with readonly=False to discard it"
+        )
+    aside = os.path.join(path, "torn-" + time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(aside, exist_ok=True)
+    for name in ("data.mdb", "lock.mdb"):
+        src = os.path.join(path, name)
+        if os.path.exists(src):
+            os.replace(src, os.path.join(aside, name))
+    os.remove(marker)
+    warnings.warn(
+        f"lmdbcache: the cache in {path!r} was not synced before the machine went down "
+        f"(boot {written}), so its file may be torn; it was moved to {aside!r} and the "
+        "cache starts empty",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 class Cache(_core.Store, MutableMapping):
@@ -58,25 +146,33 @@ class Cache(_core.Store, MutableMapping):
     Options (keyword-only):
 
     map_size
-        Bytes of address space reserved up front (default 1 GiB).  The file only
-        grows as data is written, and the reservation doubles automatically when
-        full, in every process using the cache.
+        Bytes of address space reserved up front (default 1 GiB).  The reservation
+        doubles automatically when full, in every process using the cache.
     size_limit
-        Maximum size of the data file in bytes, or ``None`` (default) for no limit.
-        A write that would grow the file past it raises :class:`MapFullError`;
-        reads keep working and deleting entries makes room.  Deletions may use a
-        reserve of up to 1 MiB beyond the limit, so a full cache can always be
-        emptied.
+        Maximum bytes of stored data, or ``None`` (default) for no limit.  What
+        happens at the limit is set by *eviction_policy*.
+    eviction_policy
+        ``"least-recently-stored"`` (default): the oldest-stored entries are
+        evicted to make room.  ``"least-recently-used"``: entries read least
+        recently go first (reads are recorded per process and written with the
+        process's next write, never a write per read).  ``"none"``: a write that
+        does not fit raises :class:`MapFullError`.
+    ttl
+        Default time-to-live in seconds for entries stored through this object
+        (``None``: entries do not expire).
     readonly
         Open an existing cache for reading only; writes raise
         :class:`ReadOnlyError`.
     durability
         ``"process"`` (default): a committed write survives the crash of any
-        process, but not necessarily an OS crash or power loss (LMDB ``MDB_NOSYNC``).
+        process.  After an OS crash or power loss the cache detects that it may be
+        torn, moves the file aside and starts empty (with a warning).
         ``"full"``: every write is flushed to disk before it returns (fsync).
     max_readers
-        Size of LMDB's reader table (default 1024): how many read transactions all
-        processes together may hold at once.  Slots of killed processes are reclaimed.
+        Size of LMDB's reader table (default 1024): how many processes and
+        threads may read at once.  Slots of killed processes are reclaimed.
+    namespace
+        Name of an independent keyspace in the same file (see :meth:`namespace`).
 
     A ``Cache`` can be closed and is a context manager; using it after ``close()``
     reopens it.  It may be created before ``fork()`` and used in parent and child
@@ -90,39 +186,64 @@ class Cache(_core.Store, MutableMapping):
         *,
         map_size: int = DEFAULT_MAP_SIZE,
         size_limit: int | None = None,
+        eviction_policy: str = "least-recently-stored",
+        ttl: float | None = None,
         readonly: bool = False,
         durability: str = "process",
         max_readers: int = 1024,
+        namespace: str | None = None,
     ) -> None:
         path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         map_size = _positive_int("map_size", map_size)
         if size_limit is not None:
-            size_limit = _positive_int("size_limit", size_limit, MIN_SIZE_LIMIT)
+            size_limit = _positive_int(
+                "size_limit", size_limit, MIN_SIZE_LIMIT, " bytes (16 LMDB pages)"
+            )
+        if eviction_policy not in _POLICIES:
+            raise ValueError(
+                f"eviction_policy must be one of {sorted(_POLICIES)}, got {eviction_policy!r}"
+            )
+        ttl = _check_ttl(ttl)
         max_readers = _positive_int("max_readers", max_readers)
         if durability not in _DURABILITY:
             raise ValueError(f"durability must be 'process' or 'full', got {durability!r}")
+        if namespace is not None:
+            namespace = _check_namespace(namespace)
         readonly = bool(readonly)
         if os.path.exists(path) and not os.path.isdir(path):
-            raise NotADirectoryError(
-                f"cache path {path!r} exists and is not a directory"
-            )
+            raise NotADirectoryError(f"cache path {path!r} exists and is not a directory")
         if not readonly:
             os.makedirs(path, mode=0o700, exist_ok=True)
         self._options = {
             "map_size": map_size,
             "size_limit": size_limit,
+            "eviction_policy": eviction_policy,
+            "ttl": ttl,
             "readonly": readonly,
             "durability": durability,
             "max_readers": max_readers,
+            "namespace": namespace,
         }
-        super().__init__(
-            path,
+        boot = boot_id()
+        kwargs = dict(
             map_size=map_size,
             size_limit=size_limit or 0,
             readonly=readonly,
             sync=durability == "full",
             max_readers=max_readers,
+            namespace=namespace or "",
+            ttl=ttl or 0.0,
+            eviction_policy=_POLICIES[eviction_policy],
+            boot_id=boot if durability == "process" and not readonly else None,
         )
+        if readonly or not os.access(path, os.W_OK):
+            _guard(path, True, boot)
+            super().__init__(path, **kwargs)
+            return
+        with open(os.path.join(path, "guard.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _guard(path, False, boot)
+            super().__init__(path, **kwargs)
 
     # -- options and identity -------------------------------------------------
 
@@ -132,7 +253,9 @@ class Cache(_core.Store, MutableMapping):
         return dict(self._options)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path!r})"
+        ns = self._options["namespace"]
+        extra = f", namespace={ns!r}" if ns else ""
+        return f"{type(self).__name__}({self.path!r}{extra})"
 
     def __reduce__(self):
         # Pickles as path + options: a process that unpickles it opens its own
@@ -144,6 +267,17 @@ class Cache(_core.Store, MutableMapping):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+    def namespace(self, name: str) -> "Cache":
+        """An independent keyspace *name* in the same file, as a ``Cache``.
+
+        Namespaces share the file, its options and its ``size_limit``, but not keys:
+        ``clear()``, ``len()`` and iteration see one namespace only.  A
+        ``transaction()`` covers every namespace of the file.  Names are non-empty
+        str of at most 200 UTF-8 bytes; names starting with ``"__"`` are reserved.
+        """
+        options = dict(self._options, namespace=_check_namespace(name))
+        return type(self)(self.path, **options)
 
     # -- mapping protocol beyond the C slots ----------------------------------
 
@@ -168,12 +302,124 @@ class Cache(_core.Store, MutableMapping):
             except KeyError:
                 continue  # another process removed it first
 
+    def update(self, other: Any = (), /, **kwds: Any) -> None:
+        """Store every pair of *other* and *kwds*, in one transaction."""
+        self.set_many(other)
+        if kwds:
+            self.set_many(kwds)
+
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, (Cache, MutableMapping, dict)) and not hasattr(other, "items"):
+        if not isinstance(other, Mapping):
             return NotImplemented
-        return MutableMapping.__eq__(self, other)
+        return dict(self.items()) == dict(other.items())
 
     __hash__ = None  # type: ignore[assignment]
+
+    # -- cache operations -------------------------------------------------------
+
+    def set_many(self, mapping: Mapping | Iterable[tuple], ttl: float | None = None) -> None:
+        """Store every (key, value) of *mapping* (or of an iterable of pairs) in one
+        transaction: all or none are stored."""
+        if isinstance(mapping, Mapping):
+            pairs = list(mapping.items())
+        else:
+            pairs = [p if type(p) is tuple else tuple(p) for p in mapping]
+        self._set_many(pairs, ttl)
+
+    def decr(self, key: Any, delta: int = 1, default: int = 0) -> int:
+        """Subtract *delta* from the int under *key* (atomically); see :meth:`incr`."""
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise TypeError(f"delta must be an int, not {type(delta).__name__}")
+        return self.incr(key, -delta, default)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator["Cache"]:
+        """``with cache.transaction():`` — every write inside commits together, or
+        none does if the block raises.  Reads inside see the transaction's writes.
+
+        The transaction belongs to the calling thread and holds the cache's write
+        lock until it ends: other writers (threads and processes) wait.  It covers
+        every namespace of the file.  Nested blocks join the outer transaction.
+        """
+        self._txn_begin()
+        try:
+            yield self
+        except BaseException:
+            self._txn_end(False)
+            raise
+        self._txn_end(True)
+
+    def info(self) -> dict:
+        """Facts about the cache: entries, bytes, map size, readers, path, options."""
+        env = self._env_info()
+        return {
+            "path": self.path,
+            "namespace": self._options["namespace"],
+            "entries": len(self),
+            "bytes": env["namespace_bytes"],
+            "file_bytes": env["used_bytes"],
+            "map_size": env["map_size"],
+            "page_size": env["page_size"],
+            "readers": env["readers"],
+            "max_readers": env["max_readers"],
+            "options": self.options,
+        }
+
+    # -- asyncio -------------------------------------------------------------------
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._in_txn():
+            # inside this thread's transaction(): another thread would wait for
+            # the write lock this thread holds
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def aget(self, key: Any, default: Any = None) -> Any:
+        """``get`` without blocking the event loop."""
+        return await self._run(self.get, key, default)
+
+    async def aset(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        """``set`` in a worker thread: waiting for another process's write lock
+        never blocks the event loop."""
+        return await self._run(self.set, key, value, ttl=ttl)
+
+    async def adelete(self, key: Any) -> bool:
+        return await self._run(self.delete, key)
+
+    async def aadd(self, key: Any, value: Any, ttl: float | None = None) -> bool:
+        return await self._run(self.add, key, value, ttl=ttl)
+
+    async def aincr(self, key: Any, delta: int = 1, default: int = 0) -> int:
+        return await self._run(self.incr, key, delta, default)
+
+    async def adecr(self, key: Any, delta: int = 1, default: int = 0) -> int:
+        return await self._run(self.decr, key, delta, default)
+
+    async def apop(self, key: Any, default: Any = _MISSING) -> Any:
+        if default is _MISSING:
+            return await self._run(self.pop, key)
+        return await self._run(self.pop, key, default)
+
+    async def atouch(self, key: Any, ttl: float | None = None) -> bool:
+        return await self._run(self.touch, key, ttl=ttl)
+
+    async def acontains(self, key: Any) -> bool:
+        return await self._run(self.__contains__, key)
+
+    async def aget_many(self, keys: Iterable) -> dict:
+        return await self._run(self.get_many, list(keys))
+
+    async def aset_many(self, mapping: Any, ttl: float | None = None) -> None:
+        return await self._run(self.set_many, mapping, ttl)
+
+    async def adelete_many(self, keys: Iterable) -> int:
+        return await self._run(self.delete_many, list(keys))
+
+    async def aexpire(self) -> int:
+        return await self._run(self.expire)
+
+    async def aclear(self) -> None:
+        return await self._run(self.clear)
 
 
 def _rebuild(cls, path, options):
