@@ -158,10 +158,10 @@ static int key_digest(lmc_state *st, const unsigned char *p, size_t n, lmc_key *
     PyObject *hasher = NULL, *digest = NULL;
     int rc = -1;
 
-    out->full = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
-    if (out->full == NULL)
+    out->r.full = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+    if (out->r.full == NULL)
         goto done;
-    hasher = PyObject_CallOneArg(st->sha256, out->full);
+    hasher = PyObject_CallOneArg(st->sha256, out->r.full);
     if (hasher == NULL)
         goto done;
     digest = PyObject_CallMethod(hasher, "digest", NULL);
@@ -173,14 +173,14 @@ static int key_digest(lmc_state *st, const unsigned char *p, size_t n, lmc_key *
     }
     out->buf[0] = LMC_KEY_DIGEST;
     memcpy(out->buf + 1, PyBytes_AS_STRING(digest), 32);
-    out->val.mv_data = out->buf;
-    out->val.mv_size = 33;
+    out->r.val.mv_data = out->buf;
+    out->r.val.mv_size = 33;
     rc = 0;
 done:
     Py_XDECREF(hasher);
     Py_XDECREF(digest);
     if (rc < 0)
-        Py_CLEAR(out->full);
+        Py_CLEAR(out->r.full);
     return rc;
 }
 
@@ -189,7 +189,7 @@ int lmc_key_encode(lmc_state *st, PyObject *key, lmc_key *out)
     kbuf b;
     int rc;
 
-    out->full = NULL;
+    out->r.full = NULL;
     /* Fast path: an exact str that fits. */
     if (LMC_LIKELY(PyUnicode_CheckExact(key))) {
         Py_ssize_t n;
@@ -197,8 +197,8 @@ int lmc_key_encode(lmc_state *st, PyObject *key, lmc_key *out)
         if (LMC_LIKELY(p != NULL && n < LMC_MAX_KEY)) {
             out->buf[0] = LMC_KEY_STR;
             memcpy(out->buf + 1, p, (size_t)n);
-            out->val.mv_data = out->buf;
-            out->val.mv_size = (size_t)n + 1;
+            out->r.val.mv_data = out->buf;
+            out->r.val.mv_size = (size_t)n + 1;
             return 0;
         }
         if (p == NULL)
@@ -212,8 +212,8 @@ int lmc_key_encode(lmc_state *st, PyObject *key, lmc_key *out)
         if (b.len <= LMC_MAX_KEY) {
             if (b.p != out->buf)
                 memcpy(out->buf, b.p, b.len);
-            out->val.mv_data = out->buf;
-            out->val.mv_size = b.len;
+            out->r.val.mv_data = out->buf;
+            out->r.val.mv_size = b.len;
         }
         else {
             rc = key_digest(st, b.p, b.len, out);
@@ -222,6 +222,65 @@ int lmc_key_encode(lmc_state *st, PyObject *key, lmc_key *out)
     if (b.p != b.stack)
         PyMem_Free(b.p);
     return rc;
+}
+
+int lmc_keyset_build(lmc_state *st, PyObject *const *keys, Py_ssize_t n, lmc_keyset *ks)
+{
+    lmc_key k;
+    size_t len = 0, cap = (size_t)n * 32 + 64, *off = NULL;
+    unsigned char *p;
+    Py_ssize_t i;
+
+    ks->n = 0;
+    ks->refs = PyMem_Calloc((size_t)n + 1, sizeof(*ks->refs));
+    ks->buf = PyMem_Malloc(cap);
+    off = PyMem_Malloc(((size_t)n + 1) * sizeof(*off));
+    if (ks->refs == NULL || ks->buf == NULL || off == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    for (i = 0; i < n; i++) {
+        if (lmc_key_encode(st, keys[i], &k) < 0)
+            goto error;
+        if (len + k.r.val.mv_size > cap) {
+            cap = (cap + k.r.val.mv_size) * 2;
+            p = PyMem_Realloc(ks->buf, cap);
+            if (p == NULL) {
+                lmc_key_clear(&k);
+                PyErr_NoMemory();
+                goto error;
+            }
+            ks->buf = p;
+        }
+        memcpy(ks->buf + len, k.r.val.mv_data, k.r.val.mv_size);
+        off[i] = len;
+        len += k.r.val.mv_size;
+        ks->refs[i].val.mv_size = k.r.val.mv_size;
+        ks->refs[i].full = k.r.full; /* steals */
+        ks->n++;
+    }
+    for (i = 0; i < n; i++)
+        ks->refs[i].val.mv_data = ks->buf + off[i];
+    PyMem_Free(off);
+    return 0;
+error:
+    PyMem_Free(off);
+    lmc_keyset_free(ks);
+    return -1;
+}
+
+void lmc_keyset_free(lmc_keyset *ks)
+{
+    Py_ssize_t i;
+    if (ks->refs != NULL) {
+        for (i = 0; i < ks->n; i++)
+            Py_XDECREF(ks->refs[i].full);
+    }
+    PyMem_Free(ks->refs);
+    PyMem_Free(ks->buf);
+    ks->refs = NULL;
+    ks->buf = NULL;
+    ks->n = 0;
 }
 
 static PyObject *decode_one(lmc_state *st, const unsigned char *p, size_t n, int depth);
@@ -310,7 +369,7 @@ PyObject *lmc_key_decode(lmc_state *st, const char *p, size_t n)
 
 /* ---- values ------------------------------------------------------------------ */
 
-int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_key *key, double expires,
+int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_kref *key, double expires,
                      int with_seq, lmc_value *out)
 {
     PyTypeObject *tp = Py_TYPE(value);
@@ -376,7 +435,7 @@ int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_key *key, double 
     return 0;
 }
 
-void lmc_value_head(lmc_value *out, int tag, double expires, int with_seq, const lmc_key *key)
+void lmc_value_head(lmc_value *out, int tag, double expires, int with_seq, const lmc_kref *key)
 {
     size_t n = LMC_HEADER_SIZE;
     int flags = 0;
@@ -491,7 +550,7 @@ int lmc_record_parse(lmc_state *st, const char *p, size_t n, lmc_record *rec, co
     return -1;
 }
 
-int lmc_record_matches(const lmc_record *rec, const lmc_key *key)
+int lmc_record_matches(const lmc_record *rec, const lmc_kref *key)
 {
     if (key->full == NULL)
         return rec->key == NULL;

@@ -276,16 +276,33 @@ void lmc_evict_free(lmc_env *e);
 
 /* ---- codec (codec.c) ------------------------------------------------------- */
 
+/* An encoded key: what is looked up in LMDB, and (owned) the full encoding
+ * when that is a digest. */
 typedef struct {
-    MDB_val val;            /* what is looked up in LMDB */
-    PyObject *full;         /* owned bytes: full encoding when val is a digest */
+    MDB_val val;
+    PyObject *full;
+} lmc_kref;
+
+/* An encoded key with its own storage, for single-key operations. */
+typedef struct {
+    lmc_kref r;
     unsigned char buf[LMC_MAX_KEY + 1];
 } lmc_key;
+
+/* Many encoded keys in one buffer (batches). */
+typedef struct {
+    lmc_kref *refs;
+    unsigned char *buf;
+    Py_ssize_t n;
+} lmc_keyset;
 
 /* Encode key; on failure sets TypeError (unhashable/unpicklable) and returns -1.
  * lmc_key_clear must be called after success. */
 int lmc_key_encode(lmc_state *st, PyObject *key, lmc_key *out);
-static inline void lmc_key_clear(lmc_key *k) { Py_CLEAR(k->full); }
+static inline void lmc_key_clear(lmc_key *k) { Py_CLEAR(k->r.full); }
+/* Encode keys[0..n) into ks; -1 with an exception (nothing to free) on error. */
+int lmc_keyset_build(lmc_state *st, PyObject *const *keys, Py_ssize_t n, lmc_keyset *ks);
+void lmc_keyset_free(lmc_keyset *ks);
 
 /* Decode a stored key encoding back to the Python key (may run pickle). */
 PyObject *lmc_key_decode(lmc_state *st, const char *p, size_t n);
@@ -304,11 +321,11 @@ typedef struct {
 
 /* Encode value (pickling when needed).  full_key: non-NULL for long keys.
  * Errors from pickling propagate unchanged.  lmc_value_clear after success. */
-int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_key *key,
+int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_kref *key,
                      double expires, int with_seq, lmc_value *out);
 /* Fill in the header of out (tag, expiry, room for a sequence number, long
  * key).  Touches no Python object state: callable without the GIL. */
-void lmc_value_head(lmc_value *out, int tag, double expires, int with_seq, const lmc_key *key);
+void lmc_value_head(lmc_value *out, int tag, double expires, int with_seq, const lmc_kref *key);
 static inline void lmc_value_clear(lmc_value *v) { Py_CLEAR(v->owner); }
 static inline size_t lmc_value_size(const lmc_value *v)
 {
@@ -336,7 +353,7 @@ const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec);
 int lmc_record_parse(lmc_state *st, const char *p, size_t n, lmc_record *rec,
                      const char *path);
 /* Does the record belong to key (long keys are checked against the full key)? */
-int lmc_record_matches(const lmc_record *rec, const lmc_key *key);
+int lmc_record_matches(const lmc_record *rec, const lmc_kref *key);
 /* Phase 1, under the txn: native values become objects; pickled payloads are
  * copied to a bytes object.  *pickled is set to 1 in the latter case.  Runs
  * no Python code. */

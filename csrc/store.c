@@ -345,7 +345,7 @@ static int noop_fn(MDB_txn *txn, lmc_env *e, void *arg)
 }
 
 /* LRU bookkeeping after a hit: log it; write the log once it is large. */
-static void store_note_use(StoreObject *self, lmc_env *e, const lmc_key *k)
+static void store_note_use(StoreObject *self, lmc_env *e, const lmc_kref *k)
 {
     lmc_lru_touch(e, self->dbname, &k->val);
     if (e->lru_len > LRU_FLUSH_BYTES && !self->opt.readonly) {
@@ -377,11 +377,11 @@ static PyObject *store_lookup(StoreObject *self, PyObject *key)
         lmc_raise(st, rc, "begin a read", e->path);
         return NULL;
     }
-    rc = mdb_get(txn, self->dbi, &k.val, &v);
+    rc = mdb_get(txn, self->dbi, &k.r.val, &v);
     if (LMC_LIKELY(rc == 0)) {
         if (LMC_UNLIKELY(lmc_record_parse(st, v.mv_data, v.mv_size, &rec, e->path) < 0))
             rc = -1;
-        else if (LMC_UNLIKELY(!lmc_record_matches(&rec, &k) || record_expired(&rec)))
+        else if (LMC_UNLIKELY(!lmc_record_matches(&rec, &k.r) || record_expired(&rec)))
             rc = MDB_NOTFOUND;
         else if ((obj = lmc_record_take(&rec, &pickled)) == NULL)
             rc = -2;
@@ -390,7 +390,7 @@ static PyObject *store_lookup(StoreObject *self, PyObject *key)
     if (LMC_LIKELY(rc == 0 || rc == -2)) {
         self->hits++;
         if (LMC_UNLIKELY(e->policy == LMC_POLICY_LRU) && lmc_env_evicts(e))
-            store_note_use(self, e, &k);
+            store_note_use(self, e, &k.r);
         lmc_key_clear(&k);
         return lmc_value_finish(st, obj, pickled, e->path);
     }
@@ -443,11 +443,11 @@ static int store_contains(StoreObject *self, PyObject *key)
         return -1;
     rc = lmc_read_begin(e, &txn);
     if (rc == 0) {
-        rc = mdb_get(txn, self->dbi, &k.val, &v);
+        rc = mdb_get(txn, self->dbi, &k.r.val, &v);
         if (rc == 0) {
             /* a corrupt record is present: `in` says so, reading it raises */
             found = lmc_record_parse_raw(v.mv_data, v.mv_size, &rec) != NULL ||
-                    (lmc_record_matches(&rec, &k) && !record_expired(&rec));
+                    (lmc_record_matches(&rec, &k.r) && !record_expired(&rec));
         }
         lmc_read_end(e, txn);
     }
@@ -480,18 +480,18 @@ static Py_ssize_t store_length(StoreObject *self)
     return (Py_ssize_t)count;
 }
 
-/* get_many(keys) -> dict of the hits. */
+/* get_many(keys) -> dict of the hits, read from one snapshot. */
 static PyObject *store_get_many(StoreObject *self, PyObject *keys)
 {
     lmc_state *st = self->state;
     lmc_env *e = store_env(self);
     PyObject *seq = NULL, *result = NULL, **objs = NULL;
-    lmc_key *ks = NULL;
+    lmc_keyset ks = {NULL, NULL, 0};
     char *pickled = NULL;
     lmc_record rec;
     MDB_txn *txn = NULL;
     MDB_val v;
-    Py_ssize_t n, i, nenc = 0;
+    Py_ssize_t n, i;
     int rc = 0;
 
     if (e == NULL)
@@ -500,34 +500,29 @@ static PyObject *store_get_many(StoreObject *self, PyObject *keys)
     if (seq == NULL)
         return NULL;
     n = PySequence_Fast_GET_SIZE(seq);
-    ks = PyMem_Calloc((size_t)n + 1, sizeof(*ks));
     objs = PyMem_Calloc((size_t)n + 1, sizeof(*objs));
     pickled = PyMem_Calloc((size_t)n + 1, 1);
-    if (ks == NULL || objs == NULL || pickled == NULL) {
+    if (objs == NULL || pickled == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    for (nenc = 0; nenc < n; nenc++) {
-        if (lmc_key_encode(st, PySequence_Fast_GET_ITEM(seq, nenc), &ks[nenc]) < 0)
-            goto done;
-    }
+    if (lmc_keyset_build(st, PySequence_Fast_ITEMS(seq), n, &ks) < 0)
+        goto done;
     rc = lmc_read_begin(e, &txn);
     if (rc != 0)
         goto lmdb_error;
+    /* under the txn: copies and native objects only (no user code) */
     for (i = 0; i < n; i++) {
         int p = 0;
-        rc = mdb_get(txn, self->dbi, &ks[i].val, &v);
+        rc = mdb_get(txn, self->dbi, &ks.refs[i].val, &v);
         if (rc == MDB_NOTFOUND)
             continue;
-        if (rc != 0)
+        if (rc != 0 || lmc_record_parse(st, v.mv_data, v.mv_size, &rec, e->path) < 0)
             break;
-        if (lmc_record_parse(st, v.mv_data, v.mv_size, &rec, e->path) < 0)
-            break;
-        if (!lmc_record_matches(&rec, &ks[i]) || record_expired(&rec))
+        if (!lmc_record_matches(&rec, &ks.refs[i]) || record_expired(&rec))
             continue;
         objs[i] = lmc_record_take(&rec, &p);
         if (objs[i] == NULL) {
-            objs[i] = NULL;
             rc = -2;
             break;
         }
@@ -553,7 +548,7 @@ static PyObject *store_get_many(StoreObject *self, PyObject *keys)
         }
         self->hits++;
         if (e->policy == LMC_POLICY_LRU && lmc_env_evicts(e))
-            store_note_use(self, e, &ks[i]);
+            store_note_use(self, e, &ks.refs[i]);
         value = lmc_value_finish(st, objs[i], pickled[i], e->path);
         objs[i] = NULL;
         if (value == NULL || PyDict_SetItem(result, PySequence_Fast_GET_ITEM(seq, i), value) < 0) {
@@ -568,13 +563,11 @@ static PyObject *store_get_many(StoreObject *self, PyObject *keys)
 lmdb_error:
     lmc_raise(st, rc, "read", e->path);
 done:
-    for (i = 0; i < nenc; i++)
-        lmc_key_clear(&ks[i]);
+    lmc_keyset_free(&ks);
     if (objs != NULL) {
         for (i = 0; i < n; i++)
             Py_XDECREF(objs[i]);
     }
-    PyMem_Free(ks);
     PyMem_Free(objs);
     PyMem_Free(pickled);
     Py_DECREF(seq);
@@ -590,7 +583,7 @@ typedef struct {
     MDB_dbi dbi;
     const char *dbname;
     Py_ssize_t n;        /* number of records */
-    lmc_key *keys;
+    lmc_kref *keys;
     lmc_value *vals;
     int mode;            /* PUT_* */
     int added;           /* PUT_ADD: stored? */
@@ -632,85 +625,62 @@ static int put_fn(MDB_txn *txn, lmc_env *e, void *arg)
         if (rc != 0 && rc != MDB_NOTFOUND)
             return rc;
         a->added = 1;
+        rc = 0;
     }
     for (i = 0; i < a->n && rc == 0; i++)
         rc = put_one(txn, e, a, i, 0);
     return rc;
 }
 
-/* Encode n (key, value) pairs.  Returns 0 or -1 with an exception (and the
- * encodings made so far cleared). */
-static int encode_pairs(StoreObject *self, PyObject *const *keys, PyObject *const *values,
-                        Py_ssize_t n, double expires, lmc_key *ks, lmc_value *vs, size_t *bytes)
-{
-    lmc_state *st = self->state;
-    int with_seq = lmc_env_evicts(self->env);
-    Py_ssize_t i;
-
-    *bytes = 0;
-    for (i = 0; i < n; i++) {
-        if (lmc_key_encode(st, keys[i], &ks[i]) < 0)
-            goto error;
-        if (lmc_value_encode(st, values[i], &ks[i], expires, with_seq, &vs[i]) < 0) {
-            lmc_key_clear(&ks[i]);
-            goto error;
-        }
-        *bytes += lmc_value_size(&vs[i]) + ks[i].val.mv_size;
-    }
-    return 0;
-error:
-    while (--i >= 0) {
-        lmc_value_clear(&vs[i]);
-        lmc_key_clear(&ks[i]);
-    }
-    return -1;
-}
-
 /* Store n pairs in one txn.  mode PUT_ADD (n == 1): returns 1 if added, 0 if
- * present.  Returns -1 with an exception on error. */
+ * present.  Returns -1 with an exception on error (nothing stored). */
 static int store_put_pairs(StoreObject *self, PyObject *const *keys, PyObject *const *values,
                            Py_ssize_t n, double expires, int mode)
 {
-    lmc_key kbuf;
-    lmc_value vbuf;
-    lmc_key *ks = &kbuf;
-    lmc_value *vs = &vbuf;
+    lmc_state *st = self->state;
+    lmc_key one;
+    lmc_keyset ks = {NULL, NULL, 0};
+    lmc_kref *refs;
+    lmc_value vbuf, *vs = &vbuf;
     lmc_evict_counts counts = {0, 0};
     lmc_env *e;
     put_arg a;
-    size_t bytes;
-    Py_ssize_t i;
-    int rc;
+    size_t bytes = 0;
+    Py_ssize_t i, nval = 0;
+    int rc = -1, with_seq;
 
     if (store_check_writable(self) < 0 || (e = store_env(self)) == NULL)
         return -1;
-    if (n > 1) {
-        ks = PyMem_Malloc((size_t)n * sizeof(*ks));
-        vs = PyMem_Malloc((size_t)n * sizeof(*vs));
-        if (ks == NULL || vs == NULL) {
-            PyMem_Free(ks);
-            PyMem_Free(vs);
-            PyErr_NoMemory();
+    with_seq = lmc_env_evicts(e);
+    if (n == 1) {
+        if (lmc_key_encode(st, keys[0], &one) < 0)
             return -1;
+        refs = &one.r;
+    }
+    else {
+        if (lmc_keyset_build(st, keys, n, &ks) < 0)
+            return -1;
+        refs = ks.refs;
+        vs = PyMem_Malloc((size_t)n * sizeof(*vs));
+        if (vs == NULL) {
+            PyErr_NoMemory();
+            goto done;
         }
     }
-    if (encode_pairs(self, keys, values, n, expires, ks, vs, &bytes) < 0) {
-        rc = -1;
-        goto done;
+    for (nval = 0; nval < n; nval++) {
+        if (lmc_value_encode(st, values[nval], &refs[nval], expires, with_seq, &vs[nval]) < 0)
+            goto done;
+        bytes += lmc_value_size(&vs[nval]) + refs[nval].val.mv_size;
     }
     a.dbi = self->dbi;
     a.dbname = self->dbname;
     a.n = n;
-    a.keys = ks;
+    a.keys = refs;
     a.vals = vs;
     a.mode = mode;
     a.added = 0;
     rc = lmc_env_write(e, put_fn, &a, LMC_WRITE_GROWS, bytes, &counts);
     store_count(self, &counts);
-    for (i = 0; i < n; i++) {
-        lmc_value_clear(&vs[i]);
-        lmc_key_clear(&ks[i]);
-    }
     if (rc != 0) {
         store_raise_write(self, e, rc, "store a value");
         rc = -1;
@@ -723,10 +693,14 @@ static int store_put_pairs(StoreObject *self, PyObject *const *keys, PyObject *c
         self->sets += (unsigned long long)n;
     }
 done:
-    if (ks != &kbuf) {
-        PyMem_Free(ks);
+    for (i = 0; i < nval; i++)
+        lmc_value_clear(&vs[i]);
+    if (n == 1)
+        lmc_key_clear(&one);
+    else
+        lmc_keyset_free(&ks);
+    if (vs != &vbuf)
         PyMem_Free(vs);
-    }
     return rc;
 }
 
@@ -815,7 +789,7 @@ done:
 typedef struct {
     MDB_dbi dbi;
     Py_ssize_t n;
-    lmc_key *keys;
+    lmc_kref *keys;
     Py_ssize_t deleted;
     int want_old;        /* pop: copy the removed record out */
     char *old;
@@ -875,32 +849,35 @@ static Py_ssize_t store_remove(StoreObject *self, PyObject *const *keys, Py_ssiz
                                char **old, size_t *old_len)
 {
     lmc_state *st = self->state;
-    lmc_key kbuf, *ks = &kbuf;
+    lmc_key one;
+    lmc_keyset ks = {NULL, NULL, 0};
     lmc_env *e;
     del_arg a;
-    Py_ssize_t i, nenc;
     int rc;
 
     if (store_check_writable(self) < 0 || (e = store_env(self)) == NULL)
         return -1;
-    if (n > 1 && (ks = PyMem_Malloc((size_t)n * sizeof(*ks))) == NULL) {
-        PyErr_NoMemory();
-        return -1;
+    if (n == 1) {
+        if (lmc_key_encode(st, keys[0], &one) < 0)
+            return -1;
+        a.keys = &one.r;
     }
-    for (nenc = 0; nenc < n; nenc++) {
-        if (lmc_key_encode(st, keys[nenc], &ks[nenc]) < 0) {
-            rc = -1;
-            goto done;
-        }
+    else {
+        if (lmc_keyset_build(st, keys, n, &ks) < 0)
+            return -1;
+        a.keys = ks.refs;
     }
     a.dbi = self->dbi;
     a.n = n;
-    a.keys = ks;
     a.deleted = 0;
     a.want_old = old != NULL;
     a.old = NULL;
     a.old_len = 0;
     rc = lmc_env_write(e, del_fn, &a, LMC_WRITE_FREES, 0, NULL);
+    if (n == 1)
+        lmc_key_clear(&one);
+    else
+        lmc_keyset_free(&ks);
     if (rc == 0 && old != NULL && a.deleted) {
         *old = a.old;
         *old_len = a.old_len;
@@ -910,15 +887,8 @@ static Py_ssize_t store_remove(StoreObject *self, PyObject *const *keys, Py_ssiz
     }
     if (rc != 0) {
         store_raise_write(self, e, rc, "delete a key");
-        rc = -1;
-    }
-done:
-    for (i = 0; i < nenc; i++)
-        lmc_key_clear(&ks[i]);
-    if (ks != &kbuf)
-        PyMem_Free(ks);
-    if (rc != 0)
         return -1;
+    }
     self->deletes += (unsigned long long)a.deleted;
     return a.deleted;
 }
@@ -997,7 +967,7 @@ static PyObject *store_pop(StoreObject *self, PyObject *const *args, Py_ssize_t 
 typedef struct {
     MDB_dbi dbi;
     const char *dbname;
-    lmc_key *key;
+    lmc_kref *key;
     long long delta, dflt, result;
     double expires;      /* incr: expiry of a new record; touch: the new expiry */
     int found;           /* touch: was the key present */
@@ -1086,9 +1056,9 @@ static PyObject *store_incr(StoreObject *self, PyObject *const *args, Py_ssize_t
         return NULL;
     a.dbi = self->dbi;
     a.dbname = self->dbname;
-    a.key = &k;
+    a.key = &k.r;
     a.expires = self->ttl > 0 ? lmc_now() + self->ttl : 0;
-    rc = lmc_env_write(e, incr_fn, &a, LMC_WRITE_GROWS, 64 + k.val.mv_size, &counts);
+    rc = lmc_env_write(e, incr_fn, &a, LMC_WRITE_GROWS, 64 + k.r.val.mv_size, &counts);
     store_count(self, &counts);
     lmc_key_clear(&k);
     if (rc == LMC_ERR_NOT_INT) {
@@ -1168,7 +1138,7 @@ static PyObject *store_touch(StoreObject *self, PyObject *const *args, Py_ssize_
         return NULL;
     a.dbi = self->dbi;
     a.dbname = self->dbname;
-    a.key = &k;
+    a.key = &k.r;
     rc = lmc_env_write(e, touch_fn, &a, LMC_WRITE_GROWS, 0, NULL);
     lmc_key_clear(&k);
     if (rc != 0) {

@@ -320,6 +320,12 @@ class Cache(_core.Store, MutableMapping):
     def set_many(self, mapping: Mapping | Iterable[tuple], ttl: float | None = None) -> None:
         """Store every (key, value) of *mapping* (or of an iterable of pairs) in one
         transaction: all or none are stored."""
+        if type(mapping) is list:
+            try:
+                return self._set_many(mapping, ttl)
+            except TypeError:
+                if all(type(p) is tuple for p in mapping):
+                    raise  # a real TypeError (a key), not the shape of the pairs
         if isinstance(mapping, Mapping):
             pairs = list(mapping.items())
         else:
