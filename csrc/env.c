@@ -313,7 +313,8 @@ static int env_grow(lmc_env *e, int kind)
 /* Drop (abort) or keep (commit) the namespaces opened by the txn that ended. */
 static void env_settle_pending(lmc_env *e, int committed)
 {
-    if (!committed) {
+    if (!committed && e->n_pending > 0) {
+        e->ns_epoch++; /* Stores holding those dbi handles look again */
         while (e->n_pending > 0) {
             PyMem_RawFree(e->ns[--e->n_ns].name);
             e->n_pending--;

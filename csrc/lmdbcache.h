@@ -145,6 +145,7 @@ typedef struct lmc_env {
      * dropped on abort. */
     lmc_ns *ns;
     int n_ns, cap_ns, n_pending;
+    unsigned int ns_epoch; /* bumped when an abort drops pending namespaces */
 
     /* Eviction (evict.c): active when size_limit != 0 and policy != NONE. */
     int policy;

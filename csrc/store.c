@@ -26,6 +26,7 @@ typedef struct {
     lmc_state *state;
     lmc_env *env;     /* NULL when closed (reopened on next use) */
     MDB_dbi dbi;      /* this namespace's sub-database in env */
+    unsigned int ns_epoch; /* env->ns_epoch when dbi was looked up */
     char *path;       /* absolute directory path (filesystem encoding) */
     char *ns;         /* namespace name, "" = default */
     char *dbname;     /* LMDB sub-database name, "" = main DB */
@@ -62,20 +63,26 @@ static char *raw_strdup(const char *s)
 
 static lmc_env *store_reopen(StoreObject *self)
 {
-    lmc_env *e;
+    lmc_env *e = self->env;
     int rc;
 
     if (self->path == NULL) {
         PyErr_SetString(PyExc_ValueError, "Store.__init__ was not called");
         return NULL;
     }
-    if (self->env != NULL) {
-        lmc_env_release(self->env); /* abandons it if inherited */
-        self->env = NULL;
+    if (e != NULL && lmc_env_is_current(e)) {
+        self->env = NULL; /* only the namespace handle is stale: look it up again */
     }
-    e = lmc_env_acquire(self->state, self->path, &self->opt);
-    if (e == NULL)
-        return NULL;
+    else {
+        if (e != NULL) {
+            lmc_env_release(e); /* abandons it if inherited */
+            self->env = NULL;
+        }
+        e = lmc_env_acquire(self->state, self->path, &self->opt);
+        if (e == NULL)
+            return NULL;
+    }
+    self->ns_epoch = e->ns_epoch;
     rc = lmc_env_namespace(e, self->ns, !self->opt.readonly, &self->dbi);
     if (rc != 0) {
         if (rc == MDB_NOTFOUND)
@@ -97,7 +104,7 @@ static lmc_env *store_reopen(StoreObject *self)
 static inline lmc_env *store_env(StoreObject *self)
 {
     lmc_env *e = self->env;
-    if (LMC_LIKELY(e != NULL && lmc_env_is_current(e)))
+    if (LMC_LIKELY(e != NULL && lmc_env_is_current(e) && self->ns_epoch == e->ns_epoch))
         return e;
     return store_reopen(self);
 }
