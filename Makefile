@@ -42,6 +42,7 @@ test: install
 bench: install
 	$(VENV)/bin/python benchmarks/bench.py
 	$(VENV)/bin/python benchmarks/bench_semantics.py
+	$(VENV)/bin/python benchmarks/bench_memo.py
 
 # The whole suite with the extension under AddressSanitizer + UBSan.
 sanitize: deps

@@ -1253,6 +1253,95 @@ static PyObject *store_expire(StoreObject *self, PyObject *Py_UNUSED(ignored))
     return r;
 }
 
+/* Keys whose encoding starts with the encoding of a tuple `prefix`: a tuple
+ * key (a, b, c) encodes as 't' + the items, so every key (a, b, ...) starts
+ * with the encoding of (a, b).  (Digested long keys do not.) */
+typedef struct {
+    MDB_dbi dbi;
+    MDB_val prefix;
+    int delete;
+    size_t count;
+} prefix_arg;
+
+static int prefix_scan(MDB_txn *txn, prefix_arg *a)
+{
+    MDB_cursor *cur;
+    MDB_val k = a->prefix, v;
+    int rc;
+
+    a->count = 0;
+    rc = mdb_cursor_open(txn, a->dbi, &cur);
+    if (rc != 0)
+        return rc;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < a->prefix.mv_size ||
+            memcmp(k.mv_data, a->prefix.mv_data, a->prefix.mv_size) != 0)
+            break;
+        if (a->delete && (rc = mdb_cursor_del(cur, 0)) != 0)
+            break;
+        a->count++;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND || rc == 0 ? 0 : rc;
+}
+
+static int prefix_fn(MDB_txn *txn, lmc_env *e, void *arg)
+{
+    (void)e;
+    return prefix_scan(txn, arg);
+}
+
+static PyObject *store_prefix(StoreObject *self, PyObject *prefix, int delete)
+{
+    lmc_env *e;
+    lmc_key k;
+    MDB_txn *txn;
+    prefix_arg a;
+    int rc;
+
+    if (!PyTuple_CheckExact(prefix) || PyTuple_GET_SIZE(prefix) == 0) {
+        PyErr_SetString(PyExc_TypeError, "prefix must be a non-empty tuple");
+        return NULL;
+    }
+    if ((delete && store_check_writable(self) < 0) || (e = store_env(self)) == NULL)
+        return NULL;
+    if (lmc_key_encode(self->state, prefix, &k) < 0)
+        return NULL;
+    if (k.r.full != NULL) {
+        lmc_key_clear(&k);
+        PyErr_SetString(PyExc_ValueError, "prefix is too long");
+        return NULL;
+    }
+    a.dbi = self->dbi;
+    a.prefix = k.r.val;
+    a.delete = delete;
+    if (delete) {
+        rc = lmc_env_write(e, prefix_fn, &a, LMC_WRITE_FREES, 0, NULL);
+    }
+    else if ((rc = lmc_read_begin(e, &txn)) == 0) {
+        rc = prefix_scan(txn, &a);
+        lmc_read_end(e, txn);
+    }
+    if (rc != 0) {
+        store_raise_write(self, e, rc, delete ? "delete keys" : "count keys");
+        return NULL;
+    }
+    if (delete)
+        self->deletes += a.count;
+    return PyLong_FromSize_t(a.count);
+}
+
+static PyObject *store_prefix_count(StoreObject *self, PyObject *prefix)
+{
+    return store_prefix(self, prefix, 0);
+}
+
+static PyObject *store_prefix_delete(StoreObject *self, PyObject *prefix)
+{
+    return store_prefix(self, prefix, 1);
+}
+
 /* ---- transactions, sync, introspection ------------------------------------- */
 
 static PyObject *store_txn_begin(StoreObject *self, PyObject *Py_UNUSED(ignored))
@@ -1587,6 +1676,10 @@ static PyMethodDef store_methods[] = {
     {"_txn_end", (PyCFunction)store_txn_end, METH_O, "_txn_end(commit): end it."},
     {"_in_txn", (PyCFunction)store_in_txn, METH_NOARGS,
      "Whether this thread has a transaction open."},
+    {"_prefix_count", (PyCFunction)store_prefix_count, METH_O,
+     "_prefix_count(tuple) -> int: keys extending the tuple key (a, b, ...)."},
+    {"_prefix_delete", (PyCFunction)store_prefix_delete, METH_O,
+     "_prefix_delete(tuple) -> int: delete the keys extending the tuple key."},
     {"_iter", (PyCFunction)store_iter_mode, METH_O,
      "_iter(mode): iterator over keys (0), values (1) or items (2)."},
     {"_env_info", (PyCFunction)store_env_info, METH_NOARGS,

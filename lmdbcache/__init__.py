@@ -18,6 +18,7 @@ from ._core import (
     lmdb_version,
 )
 from .cache import Cache
+from .memo import memoize
 
 LMDBCache = Cache  # the name used by the document lmdbcache grew from
 
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Cache",
     "LMDBCache",
+    "memoize",
     "Error",
     "MapFullError",
     "ReadOnlyError",

@@ -62,7 +62,15 @@ def _check_ttl(ttl: Any) -> float | None:
     return float(ttl)
 
 
+class _Internal(str):
+    """The name of a namespace lmdbcache itself uses (e.g. memoize's)."""
+
+    __slots__ = ()
+
+
 def _check_namespace(name: Any) -> str:
+    if isinstance(name, _Internal):
+        return name
     if not isinstance(name, str):
         raise TypeError(f"namespace name must be a str, not {type(name).__name__}")
     if not name:
@@ -278,6 +286,26 @@ class Cache(_core.Store, MutableMapping):
         """
         options = dict(self._options, namespace=_check_namespace(name))
         return type(self)(self.path, **options)
+
+    def _internal_namespace(self, name: str) -> "Cache":
+        options = dict(self._options, namespace=_Internal(name), ttl=None)
+        return type(self)(self.path, **options)
+
+    def memoize(
+        self,
+        func: Any = None,
+        *,
+        ttl: float | None = None,
+        ignore: tuple = (),
+        typed: bool = False,
+        stampede: bool = False,
+        lease_timeout: float = 60.0,
+    ) -> Any:
+        """Decorator: cache a function's results here.  See :func:`lmdbcache.memoize`."""
+        from .memo import memoize
+
+        return memoize(self, func, ttl=ttl, ignore=ignore, typed=typed, stampede=stampede,
+                       lease_timeout=lease_timeout)
 
     # -- mapping protocol beyond the C slots ----------------------------------
 

@@ -1,0 +1,92 @@
+"""memoize hits against a plain cache.get and a joblib.Memory hit, in one run.
+
+    .venv/bin/python benchmarks/bench_memo.py [--quick]
+
+A function of two small arguments returning a small dict; every call is a hit.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import joblib
+
+import lmdbcache
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    n = 500 if args.quick else 5000
+    nj = 100 if args.quick else 500  # joblib hits are slow: fewer calls
+    rounds = 3 if args.quick else 7
+    root = tempfile.mkdtemp(prefix="lmdbcache-bench-memo-")
+    try:
+        cache = lmdbcache.Cache(f"{root}/lc")
+
+        @cache.memoize
+        def features(a, b):
+            return {"sum": a + b, "name": "x" * 10}
+
+        memory = joblib.Memory(f"{root}/joblib", verbose=0)
+
+        @memory.cache
+        def jfeatures(a, b):
+            return {"sum": a + b, "name": "x" * 10}
+
+        for i in range(n):
+            features(i, 2)
+        for i in range(nj):
+            jfeatures(i, 2)
+        cache["plain"] = {"sum": 3, "name": "x" * 10}
+        get = cache.get
+
+        def memo_hits():
+            for i in range(n):
+                features(i, 2)
+
+        def plain_gets():
+            for i in range(n):
+                get("plain")
+
+        def joblib_hits():
+            for i in range(nj):
+                jfeatures(i, 2)
+
+        rows = [("memoize hit", memo_hits, n), ("cache.get", plain_gets, n),
+                ("joblib.Memory hit", joblib_hits, nj)]
+        res = {name: [] for name, _, _ in rows}
+        for r in range(rounds):
+            for name, fn, count in rows[r % 3:] + rows[:r % 3]:
+                gc.disable()
+                t0 = time.perf_counter()
+                fn()
+                res[name].append((time.perf_counter() - t0) / count * 1e9)
+                gc.enable()
+        med = {k: statistics.median(v) for k, v in res.items()}
+        print("lmdbcache memoize benchmark")
+        print(f"  Python     {platform.python_implementation()} {platform.python_version()}")
+        print(f"  joblib     {joblib.__version__}")
+        print(f"  calls      {n} memoize/get, {nj} joblib per round; {rounds} rounds, median ns/op\n")
+        for name, _, _ in rows:
+            print(f"  {name:20s} {med[name]:12,.0f}")
+        print("\nTARGETS")
+        r1 = med["joblib.Memory hit"] / med["memoize hit"]
+        r2 = med["memoize hit"] / med["cache.get"]
+        print(f"  [{'PASS' if r1 >= 30 else 'FAIL'}] memoize hit >= 30x faster than joblib.Memory hit: {r1:.0f}x")
+        print(f"  [{'PASS' if r2 <= 3 else 'FAIL'}] memoize hit <= 3x a plain cache.get: {r2:.2f}x")
+        cache.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
