@@ -201,7 +201,7 @@ static int module_exec(PyObject *mod)
     if (st->StoreType == NULL || PyModule_AddType(mod, st->StoreType) < 0)
         goto error;
     st->IterType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &lmc_iter_spec, NULL);
-    if (st->IterType == NULL)
+    if (st->IterType == NULL || PyModule_AddType(mod, st->IterType) < 0)
         goto error;
     if (PyModule_AddIntConstant(mod, "FORMAT_VERSION", LMC_FORMAT_VERSION) < 0 ||
         PyModule_AddIntConstant(mod, "MAX_KEY_SIZE", LMC_MAX_KEY) < 0)
