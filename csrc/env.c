@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define LMC_MAX_DBS 64
@@ -353,36 +354,47 @@ static int rc_breaks_txn(int rc)
     return rc != 0 && rc != MDB_NOTFOUND && rc != MDB_KEYEXIST && !LMC_IS_LOGICAL(rc);
 }
 
+/* `hint`: bytes this operation adds; `pending`: bytes the txn added before it
+ * (an explicit transaction's earlier writes, not yet in the committed file
+ * size that eviction's fast path looks at). */
 static int env_run(lmc_env *e, MDB_txn *txn, lmc_write_fn fn, void *arg, int kind,
-                   size_t hint, lmc_evict_counts *counts)
+                   size_t hint, size_t pending, lmc_evict_counts *counts)
 {
     int rc = 0;
-    if (e->policy == LMC_POLICY_LRU && e->lru_len != 0)
+    if (e->policy == LMC_POLICY_LRU && e->lru_len != 0) {
+        hint += 2 * e->lru_len; /* the log becomes index entries */
         rc = lmc_lru_flush(txn, e);
+    }
     /* make room first: pages freed in this txn are not reusable before
      * the txn after next, so the write itself lands past them */
     if (rc == 0 && kind == LMC_WRITE_GROWS && lmc_env_evicts(e))
-        rc = lmc_evict_enforce(txn, e, hint, counts);
+        rc = lmc_evict_enforce(txn, e, hint, pending, counts);
     if (rc == 0)
         rc = fn(txn, e, arg);
     return rc;
+}
+
+static void pause_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
 }
 
 int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
                   lmc_evict_counts *counts)
 {
     MDB_txn *txn;
-    int rc, again, attempts = 0, ticked = 0;
+    int rc, again, attempts = 0, ticked = 0, waits = 0, dead;
 
     if (lmc_env_in_txn(e)) {
         /* Inside this thread's transaction(): it owns write_lock already. */
         if (e->wtxn_failed)
             return LMC_ERR_TXN_FAILED;
-        e->wtxn_added += hint;
-        rc = env_reserve(e, e->wtxn_added);
+        rc = env_reserve(e, e->wtxn_added + hint);
         if (rc != 0)
             return rc;
-        rc = env_run(e, e->wtxn, fn, arg, kind, e->wtxn_added, counts);
+        rc = env_run(e, e->wtxn, fn, arg, kind, hint, e->wtxn_added, counts);
+        e->wtxn_added += hint;
         if (rc_breaks_txn(rc))
             e->wtxn_failed = rc;
         return rc;
@@ -396,7 +408,7 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
         rc = env_reserve(e, hint);
         if (rc == 0 && (rc = mdb_txn_begin(e->env, NULL, 0, &txn)) == 0) {
             e->seq_counter = 0;
-            rc = env_run(e, txn, fn, arg, kind, hint, counts);
+            rc = env_run(e, txn, fn, arg, kind, hint, 0, counts);
             if (rc == 0)
                 rc = mdb_txn_commit(txn);
             else
@@ -413,9 +425,21 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
             Py_BLOCK_THREADS
             rc = env_grow(e, kind);
             Py_UNBLOCK_THREADS
-            if (rc == MDB_MAP_FULL && !ticked) {
-                ticked = 1;
-                rc = env_tick(e);
+            if (rc == MDB_MAP_FULL) {
+                /* At the cap.  Freed pages may be pinned: by the snapshot
+                 * before the last commit (a tick commits once more), by a
+                 * reader that died (reclaim its slot), or by a live reader
+                 * in the middle of a read (wait for it, briefly). */
+                if (mdb_reader_check(e->env, &dead) == 0 && dead > 0)
+                    rc = 0;
+                else if (!ticked) {
+                    ticked = 1;
+                    rc = env_tick(e);
+                }
+                else if (lmc_env_evicts(e) && waits < 6) {
+                    pause_ms(1 << (2 * waits++)); /* 1, 4, 16, 64, 256, 1024 ms */
+                    rc = env_tick(e);
+                }
             }
             again = rc == 0;
         }

@@ -213,7 +213,8 @@ stale:
     return mdb_cursor_del(cur, 0);
 }
 
-int lmc_evict_enforce(MDB_txn *txn, lmc_env *e, size_t hint, lmc_evict_counts *out)
+int lmc_evict_enforce(MDB_txn *txn, lmc_env *e, size_t hint, size_t pending,
+                      lmc_evict_counts *out)
 {
     lmc_evict_counts scratch = {0, 0};
     MDB_envinfo info;
@@ -228,7 +229,8 @@ int lmc_evict_enforce(MDB_txn *txn, lmc_env *e, size_t hint, lmc_evict_counts *o
     if (rc != 0)
         return rc;
     /* Fast path: the file has never been near the limit. */
-    if ((info.me_last_pgno + 1) * e->page_size + hint + EVICT_FAST_SLACK <= e->size_limit)
+    if ((info.me_last_pgno + 1) * e->page_size + pending + hint + EVICT_FAST_SLACK <=
+        e->size_limit)
         return 0;
     if ((rc = discover_namespaces(txn, e)) != 0 || (rc = pages_in_use(txn, e, &pages)) != 0)
         return rc;
@@ -236,6 +238,8 @@ int lmc_evict_enforce(MDB_txn *txn, lmc_env *e, size_t hint, lmc_evict_counts *o
     hint_pages = (hint + e->page_size - 1) / e->page_size;
     if (pages + hint_pages <= limit_pages)
         return 0;
+    if (hint_pages + limit_pages / 16 > limit_pages)
+        return LMC_ERR_TOO_BIG; /* could never fit: refuse, evict nothing */
     target = limit_pages - limit_pages / 16;
     target = target > hint_pages ? target - hint_pages : 0;
     rc = mdb_cursor_open(txn, e->order_dbi, &cur);
@@ -244,7 +248,9 @@ int lmc_evict_enforce(MDB_txn *txn, lmc_env *e, size_t hint, lmc_evict_counts *o
     while (pages > target) {
         rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
         if (rc == MDB_NOTFOUND) {
-            rc = 0; /* nothing left to evict */
+            /* nothing left to evict: what is left (other namespaces' stale
+             * entries aside) is this txn's own data */
+            rc = pages + hint_pages > limit_pages ? LMC_ERR_TOO_BIG : 0;
             break;
         }
         if (rc != 0 || (rc = evict_oldest(txn, e, cur, &k, &v, out)) != 0 ||

@@ -234,6 +234,7 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
 #define LMC_ERR_OVERFLOW (-1002)   /* incr/decr beyond 64 bits */
 #define LMC_ERR_TXN_FAILED (-1003) /* an earlier operation in the transaction failed */
 #define LMC_ERR_NO_TXN (-1004)     /* no transaction of this thread is open */
+#define LMC_ERR_TOO_BIG (-1005)    /* a write larger than size_limit allows */
 #define LMC_IS_LOGICAL(rc) ((rc) <= -1001 && (rc) >= -1099)
 
 /* Number of user keys in the DB (the main DB holds sub-database records too). */
@@ -267,7 +268,8 @@ uint64_t lmc_evict_next_seq(lmc_env *e, MDB_txn *txn);
 int lmc_evict_note(MDB_txn *txn, lmc_env *e, const char *dbname, const MDB_val *key,
                    uint64_t seq);
 /* Evict until the data fits size_limit; `hint` = bytes this txn may add. */
-int lmc_evict_enforce(MDB_txn *txn, lmc_env *e, size_t hint, lmc_evict_counts *out);
+int lmc_evict_enforce(MDB_txn *txn, lmc_env *e, size_t hint, size_t pending,
+                      lmc_evict_counts *out);
 /* LRU: remember a read of key (GIL held; never a write txn per read). */
 void lmc_lru_touch(lmc_env *e, const char *dbname, const MDB_val *key);
 /* LRU: write the remembered reads into the index (inside a write txn). */

@@ -129,6 +129,10 @@ static void store_raise_write(StoreObject *self, lmc_env *e, int rc, const char 
         PyErr_Format(self->state->Error,
                      "cannot %s in '%s': an earlier operation of this transaction failed, "
                      "so it will be rolled back", op, self->path);
+    else if (rc == LMC_ERR_TOO_BIG)
+        PyErr_Format(self->state->MapFullError,
+                     "cannot %s in '%s': the data written is too large for the cache's "
+                     "size_limit of %zu bytes", op, self->path, e->size_limit);
     else if (rc == LMC_ERR_NO_TXN)
         PyErr_Format(self->state->Error,
                      "no transaction of this thread is open on '%s' (was it started in "
@@ -356,7 +360,8 @@ static void store_note_use(StoreObject *self, lmc_env *e, const lmc_kref *k)
 {
     lmc_lru_touch(e, self->dbname, &k->val);
     if (e->lru_len > LRU_FLUSH_BYTES && !self->opt.readonly) {
-        int rc = lmc_env_write(e, noop_fn, NULL, LMC_WRITE_FREES, 0, NULL);
+        /* a growing write: the index entries count against size_limit */
+        int rc = lmc_env_write(e, noop_fn, NULL, LMC_WRITE_GROWS, 0, NULL);
         (void)rc; /* best effort: the log is kept for the next write otherwise */
     }
 }
@@ -1069,7 +1074,8 @@ static PyObject *store_incr(StoreObject *self, PyObject *const *args, Py_ssize_t
     store_count(self, &counts);
     lmc_key_clear(&k);
     if (rc == LMC_ERR_NOT_INT) {
-        PyErr_Format(PyExc_TypeError, "cannot increment %R in '%s': its value is not an int",
+        PyErr_Format(PyExc_TypeError,
+                     "cannot increment %R in '%s': its value is not an int in the 64-bit range",
                      p[0], self->path);
         return NULL;
     }
@@ -1392,15 +1398,15 @@ static PyObject *store_sync(StoreObject *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-static PyObject *store_stats(StoreObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *store_stats(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
 {
-    PyObject *d;
+    static const char *const names[] = {"reset"};
+    PyObject *d, *p[1];
     int reset = 0;
-    if (nargs > 1) {
-        PyErr_SetString(PyExc_TypeError, "stats(reset=False)");
+    if (parse_args(args, nargs, kwnames, "stats", names, 0, 1, p) < 0)
         return NULL;
-    }
-    if (nargs == 1 && (reset = PyObject_IsTrue(args[0])) < 0)
+    if (p[0] != NULL && (reset = PyObject_IsTrue(p[0])) < 0)
         return NULL;
     d = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}", "hits", self->hits, "misses", self->misses,
                       "sets", self->sets, "deletes", self->deletes, "evictions",
@@ -1670,7 +1676,7 @@ static PyMethodDef store_methods[] = {
     {"close", (PyCFunction)store_close, METH_NOARGS,
      "Release the environment; the next use reopens it."},
     {"sync", (PyCFunction)store_sync, METH_NOARGS, "Flush every committed write to disk."},
-    {"stats", FAST(store_stats),
+    {"stats", FASTKW(store_stats),
      "stats(reset=False) -> dict: this object's hit/miss/set/delete/eviction counts."},
     {"_txn_begin", (PyCFunction)store_txn_begin, METH_NOARGS, "Begin this thread's transaction."},
     {"_txn_end", (PyCFunction)store_txn_end, METH_O, "_txn_end(commit): end it."},

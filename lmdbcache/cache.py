@@ -332,9 +332,14 @@ class Cache(_core.Store, MutableMapping):
 
     def update(self, other: Any = (), /, **kwds: Any) -> None:
         """Store every pair of *other* and *kwds*, in one transaction."""
-        self.set_many(other)
-        if kwds:
-            self.set_many(kwds)
+        if isinstance(other, Mapping):
+            pairs = list(other.items())
+        elif hasattr(other, "keys"):
+            pairs = [(k, other[k]) for k in other.keys()]
+        else:
+            pairs = [p if type(p) is tuple else tuple(p) for p in other]
+        pairs.extend(kwds.items())
+        self._set_many(pairs)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mapping):
