@@ -230,7 +230,11 @@ int lmc_read_begin(lmc_env *e, MDB_txn **txn)
             *txn = e->rtxn;
             return 0;
         }
-        mdb_txn_abort(e->rtxn);
+        /* MDB_BAD_RSLOT: our slot was given away (something outside lmdbcache
+         * freed it); aborting would write into another process's slot, so the
+         * txn is dropped unended.  Other failures end it normally. */
+        if (rc != MDB_BAD_RSLOT)
+            mdb_txn_abort(e->rtxn);
         e->rtxn = NULL;
     }
     return read_begin_slow(e, txn);

@@ -45,6 +45,15 @@ _SCALARS = (int, float, bool, type(None))
 _SHORT = 256  # longer str/bytes arguments are hashed
 
 
+def _const_repr(const: Any) -> str:
+    """repr of a code constant that does not depend on the hash seed."""
+    if isinstance(const, frozenset):
+        return "frozenset({" + ", ".join(sorted(_const_repr(c) for c in const)) + "})"
+    if isinstance(const, tuple):
+        return "(" + ", ".join(_const_repr(c) for c in const) + ",)"
+    return repr(const)
+
+
 def _code_digest(code: types.CodeType, h: "hashlib._Hash") -> None:
     h.update(code.co_code)
     h.update(repr(code.co_names).encode())
@@ -53,7 +62,16 @@ def _code_digest(code: types.CodeType, h: "hashlib._Hash") -> None:
         if isinstance(const, types.CodeType):
             _code_digest(const, h)
         else:
-            h.update(repr(const).encode("utf-8", "surrogatepass"))
+            h.update(_const_repr(const).encode("utf-8", "surrogatepass"))
+
+
+def function_id(func: Callable) -> str:
+    """module.qualname; a script run as __main__ is __mp_main__ in spawn and
+    forkserver workers, and both are keyed as __main__."""
+    module = getattr(func, "__module__", None)
+    if module == "__mp_main__":
+        module = "__main__"
+    return f"{module}.{getattr(func, '__qualname__', type(func).__qualname__)}"
 
 
 def fingerprint(func: Callable) -> str:
@@ -61,12 +79,40 @@ def fingerprint(func: Callable) -> str:
     h = hashlib.sha256()
     code = getattr(func, "__code__", None)
     if code is None:
-        h.update(repr(func).encode())
-    else:
+        code = getattr(getattr(type(func), "__call__", None), "__code__", None)
+    if code is not None:
         _code_digest(code, h)
-    h.update(_digest_value(getattr(func, "__defaults__", None)))
-    h.update(_digest_value(getattr(func, "__kwdefaults__", None)))
+    for defaults in (getattr(func, "__defaults__", None), getattr(func, "__kwdefaults__", None)):
+        try:
+            h.update(_digest_value(defaults))
+        except Exception:  # an unpicklable default (a lock, ...): its type stands in
+            h.update(repr(type(defaults)).encode())
     return h.hexdigest()[:16]
+
+
+def _canonical(value: Any, depth: int = 0) -> Any:
+    """A form of value whose pickle does not depend on set order, dict insertion
+    order or object identity of builtin containers, and that pickles functions
+    by name."""
+    if depth > 50:
+        return value
+    t = type(value)
+    if t in (list, tuple):
+        items = [_canonical(v, depth + 1) for v in value]
+        return items if t is list else tuple(items)
+    if t is dict:
+        items = [(_canonical(k, depth + 1), _canonical(v, depth + 1)) for k, v in value.items()]
+        items.sort(key=lambda kv: pickle.dumps(kv[0], protocol=5))
+        return ("<dict>", items)
+    if t in (set, frozenset):
+        items = [_canonical(v, depth + 1) for v in value]
+        items.sort(key=lambda v: pickle.dumps(v, protocol=5))
+        return ("<set>" if t is set else "<frozenset>", items)
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType)) or hasattr(
+        value, "__wrapped__"
+    ) and callable(value):
+        return ("<function>", function_id(value))
+    return value
 
 
 def _numpy_digest(value: Any, h: "hashlib._Hash") -> bool:
@@ -83,8 +129,26 @@ def _numpy_digest(value: Any, h: "hashlib._Hash") -> bool:
 def _digest_value(value: Any) -> bytes:
     h = hashlib.sha256()
     if not _numpy_digest(value, h):
-        h.update(pickle.dumps(value, protocol=5))
+        h.update(pickle.dumps(_canonical(value), protocol=5))
     return h.digest()
+
+
+def _alive(pid: Any) -> bool:
+    """Does process pid still run?  A zombie (killed, not yet reaped) does not."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] not in (b"Z", b"X")
+    except (OSError, ValueError):
+        return True
 
 
 class _Memoized:
@@ -104,7 +168,7 @@ class _Memoized:
         self._lease_timeout = float(lease_timeout)
         if not self._lease_timeout > 0:
             raise ValueError(f"lease_timeout must be positive, got {lease_timeout!r}")
-        self._id = f"{getattr(func, '__module__', None)}.{getattr(func, '__qualname__', repr(func))}"
+        self._id = function_id(func)
         self._fp = fingerprint(func)
         self._prefix = ("r", self._id, self._fp)
         self._hits = 0
@@ -115,8 +179,10 @@ class _Memoized:
         except (TypeError, ValueError):
             sig = None
         self._sig = sig
+        if isinstance(ignore, str):
+            raise TypeError(f"ignore must be a sequence of argument names, not the str {ignore!r}")
         ignore = tuple(ignore)
-        if isinstance(ignore, str) or not all(isinstance(n, str) for n in ignore):
+        if not all(isinstance(n, str) for n in ignore):
             raise TypeError("ignore must be a sequence of argument names")
         if sig is not None:
             unknown = [n for n in ignore if n not in sig.parameters]
@@ -288,12 +354,12 @@ class _Memoized:
         wrapper.cache = self._cache
         return wrapper
 
-    def _compute(self, key: tuple, args: tuple, kwargs: dict) -> Any:
+    def _compute(self, key: tuple, args: tuple, kwargs: dict, depth: int = 4) -> Any:
         value = self.__wrapped__(*args, **kwargs)
-        self._store_result(key, value)
+        self._store_result(key, value, depth)
         return value
 
-    def _store_result(self, key: tuple, value: Any) -> None:
+    def _store_result(self, key: tuple, value: Any, depth: int) -> None:
         try:
             self._store.set(key, value, ttl=self._ttl)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -301,7 +367,7 @@ class _Memoized:
                 f"lmdbcache.memoize: the result of {self._id} was returned but not cached: "
                 f"it cannot be pickled ({exc})",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=depth,  # the caller of the memoized function
             )
 
     def _compute_with_lease(self, key: tuple, args: tuple, kwargs: dict) -> Any:
@@ -314,7 +380,7 @@ class _Memoized:
                 try:
                     value = store.get(key, _MISS)  # computed while we raced for the lease?
                     if value is _MISS:
-                        value = self._compute(key, args, kwargs)
+                        value = self._compute(key, args, kwargs, depth=5)
                     return value
                 finally:
                     self._release(lease_key, me)
@@ -383,16 +449,6 @@ class CacheInfo(tuple):
         return "CacheInfo(hits={}, misses={}, maxsize={}, currsize={})".format(*self)
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def memoize(
@@ -426,7 +482,7 @@ def memoize(
     The wrapper has ``cache_clear()``, ``cache_info()``, ``check(*args, **kw)``
     (also ``check_call_in_cache``), ``lookup(*args, **kw)`` and ``__wrapped__``.
     """
-    from .cache import Cache
+    from .cache import Cache, _check_ttl
 
     if func is None and callable(cache) and not isinstance(cache, _core.Store):
         cache, func = None, cache  # bare @memoize
@@ -436,6 +492,10 @@ def memoize(
         cache = Cache(cache)
     elif not isinstance(cache, _core.Store):
         raise TypeError(f"memoize() needs a Cache or a path, not {type(cache).__name__}")
+
+    _check_ttl(ttl)  # bad options fail here, not when decorating
+    if isinstance(ignore, str):
+        raise TypeError(f"ignore must be a sequence of argument names, not the str {ignore!r}")
 
     def decorate(f: Callable) -> Callable:
         return _Memoized(cache, f, ttl, ignore, typed, stampede, lease_timeout).make_wrapper()
