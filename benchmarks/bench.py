@@ -42,6 +42,9 @@ import lmdb
 
 import lmdbcache
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import cpu_model  # noqa: E402
+
 IMPLS = ("floor", "lmdbcache", "py-lmdb", "diskcache", "naive")
 OPS = (
     ("get hit   (dict value)", "get"),
@@ -67,17 +70,6 @@ def make_data(n: int):
 
 
 # -- environment description ----------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def filesystem_of(path: str) -> str:

@@ -7,6 +7,7 @@ A function of two small arguments returning a small dict; every call is a hit.
 from __future__ import annotations
 
 import argparse
+import os
 import gc
 import platform
 import shutil
@@ -18,6 +19,9 @@ import time
 import joblib
 
 import lmdbcache
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import cpu_model  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -73,6 +77,7 @@ def main(argv=None) -> int:
         med = {k: statistics.median(v) for k, v in res.items()}
         print("lmdbcache memoize benchmark")
         print(f"  Python     {platform.python_implementation()} {platform.python_version()}")
+        print(f"  CPU        {cpu_model()}")
         print(f"  joblib     {joblib.__version__}")
         print(f"  calls      {n} memoize/get, {nj} joblib per round; {rounds} rounds, median ns/op\n")
         for name, _, _ in rows:

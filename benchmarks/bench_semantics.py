@@ -16,6 +16,7 @@ Values are small dicts (~80 bytes pickled) unless the row says bytes.
 from __future__ import annotations
 
 import argparse
+import os
 import gc
 import platform
 import shutil
@@ -25,6 +26,9 @@ import tempfile
 import time
 
 import lmdbcache
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import cpu_model  # noqa: E402
 
 
 def timed(fn, count):
@@ -126,7 +130,7 @@ def main(argv=None) -> int:
 
         print("lmdbcache semantics benchmark")
         print(f"  Python     {platform.python_implementation()} {platform.python_version()}")
-        print(f"  CPU        {_cpu()}")
+        print(f"  CPU        {cpu_model()}")
         print(f"  liblmdb    {'.'.join(map(str, lmdbcache.lmdb_version()))}")
         print(f"  data       {n} keys, {rounds} rounds, median ns/op\n")
         for name, _ in rows:
@@ -154,17 +158,6 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -1026,6 +1026,28 @@ static int incr_fn(MDB_txn *txn, lmc_env *e, void *arg)
     return evicts ? lmc_evict_note(txn, e, a->dbname, &a->key->val, seq) : 0;
 }
 
+/* Run a read-modify-write fn on key: returns its LMDB code, or -1 with an
+ * exception (read-only cache, bad key, no environment).  *env gets the Env. */
+static int store_rmw(StoreObject *self, PyObject *key, lmc_write_fn fn, rmw_arg *a,
+                     size_t hint, lmc_env **env)
+{
+    lmc_evict_counts counts = {0, 0};
+    lmc_key k;
+    int rc;
+
+    if (store_check_writable(self) < 0 || (*env = store_env(self)) == NULL)
+        return -1;
+    if (lmc_key_encode(self->state, key, &k) < 0)
+        return -1;
+    a->dbi = self->dbi;
+    a->dbname = self->dbname;
+    a->key = &k.r;
+    rc = lmc_env_write(*env, fn, a, LMC_WRITE_GROWS, hint + k.r.val.mv_size, &counts);
+    store_count(self, &counts);
+    lmc_key_clear(&k);
+    return rc;
+}
+
 static int as_long_long(PyObject *obj, const char *name, long long *out)
 {
     int overflow;
@@ -1048,9 +1070,7 @@ static PyObject *store_incr(StoreObject *self, PyObject *const *args, Py_ssize_t
                             PyObject *kwnames)
 {
     static const char *const names[] = {"key", "delta", "default"};
-    lmc_evict_counts counts = {0, 0};
     PyObject *p[3];
-    lmc_key k;
     lmc_env *e;
     rmw_arg a;
     int rc;
@@ -1062,17 +1082,10 @@ static PyObject *store_incr(StoreObject *self, PyObject *const *args, Py_ssize_t
     if ((p[1] != NULL && as_long_long(p[1], "delta", &a.delta) < 0) ||
         (p[2] != NULL && as_long_long(p[2], "default", &a.dflt) < 0))
         return NULL;
-    if (store_check_writable(self) < 0 || (e = store_env(self)) == NULL)
-        return NULL;
-    if (lmc_key_encode(self->state, p[0], &k) < 0)
-        return NULL;
-    a.dbi = self->dbi;
-    a.dbname = self->dbname;
-    a.key = &k.r;
     a.expires = self->ttl > 0 ? lmc_now() + self->ttl : 0;
-    rc = lmc_env_write(e, incr_fn, &a, LMC_WRITE_GROWS, 64 + k.r.val.mv_size, &counts);
-    store_count(self, &counts);
-    lmc_key_clear(&k);
+    rc = store_rmw(self, p[0], incr_fn, &a, 64, &e);
+    if (rc == -1)
+        return NULL;
     if (rc == LMC_ERR_NOT_INT) {
         PyErr_Format(PyExc_TypeError,
                      "cannot increment %R in '%s': its value is not an int in the 64-bit range",
@@ -1137,7 +1150,6 @@ static PyObject *store_touch(StoreObject *self, PyObject *const *args, Py_ssize_
 {
     static const char *const names[] = {"key", "ttl"};
     PyObject *p[2];
-    lmc_key k;
     lmc_env *e;
     rmw_arg a;
     int rc;
@@ -1145,15 +1157,9 @@ static PyObject *store_touch(StoreObject *self, PyObject *const *args, Py_ssize_
     if (parse_args(args, nargs, kwnames, "touch", names, 1, 2, p) < 0 ||
         parse_ttl(self, p[1], &a.expires) < 0)
         return NULL;
-    if (store_check_writable(self) < 0 || (e = store_env(self)) == NULL)
+    rc = store_rmw(self, p[0], touch_fn, &a, 0, &e);
+    if (rc == -1)
         return NULL;
-    if (lmc_key_encode(self->state, p[0], &k) < 0)
-        return NULL;
-    a.dbi = self->dbi;
-    a.dbname = self->dbname;
-    a.key = &k.r;
-    rc = lmc_env_write(e, touch_fn, &a, LMC_WRITE_GROWS, 0, NULL);
-    lmc_key_clear(&k);
     if (rc != 0) {
         store_raise_write(self, e, rc, "touch a key");
         return NULL;
