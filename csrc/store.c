@@ -620,6 +620,64 @@ static int put_one(MDB_txn *txn, lmc_env *e, put_arg *a, Py_ssize_t i, unsigned 
     return rc;
 }
 
+typedef struct {
+    const MDB_val *key;
+    Py_ssize_t index;
+} put_order;
+
+/* LMDB's default key order (memcmp, then length); equal keys keep call order
+ * so the last value given for a key wins. */
+static int put_order_cmp(const void *pa, const void *pb)
+{
+    const put_order *a = pa, *b = pb;
+    size_t n = a->key->mv_size < b->key->mv_size ? a->key->mv_size : b->key->mv_size;
+    int c = memcmp(a->key->mv_data, b->key->mv_data, n);
+    if (c == 0)
+        c = (a->key->mv_size > b->key->mv_size) - (a->key->mv_size < b->key->mv_size);
+    if (c == 0)
+        c = (a->index > b->index) - (a->index < b->index);
+    return c;
+}
+
+/* A batch: in key order through one cursor, so each insert searches from the
+ * leaf page the previous one left the cursor on instead of from the root. */
+static int put_batch(MDB_txn *txn, lmc_env *e, put_arg *a)
+{
+    put_order *order;
+    MDB_cursor *cur = NULL;
+    MDB_val v;
+    Py_ssize_t i, j;
+    uint64_t seq = 0;
+    int rc, evicts = lmc_env_evicts(e);
+
+    order = PyMem_RawMalloc((size_t)a->n * sizeof(*order));
+    if (order == NULL)
+        return ENOMEM;
+    for (i = 0; i < a->n; i++) {
+        order[i].key = &a->keys[i].val;
+        order[i].index = i;
+    }
+    qsort(order, (size_t)a->n, sizeof(*order), put_order_cmp);
+    rc = mdb_cursor_open(txn, a->dbi, &cur);
+    for (j = 0; rc == 0 && j < a->n; j++) {
+        i = order[j].index;
+        v.mv_size = lmc_value_size(&a->vals[i]);
+        v.mv_data = NULL;
+        rc = mdb_cursor_put(cur, &a->keys[i].val, &v, MDB_RESERVE);
+        if (rc != 0)
+            break;
+        if (evicts)
+            seq = lmc_evict_next_seq(e, txn);
+        lmc_value_write(&a->vals[i], v.mv_data, seq);
+        if (evicts)
+            rc = lmc_evict_note(txn, e, a->dbname, &a->keys[i].val, seq);
+    }
+    if (cur != NULL)
+        mdb_cursor_close(cur);
+    PyMem_RawFree(order);
+    return rc;
+}
+
 static int put_fn(MDB_txn *txn, lmc_env *e, void *arg)
 {
     put_arg *a = arg;
@@ -627,6 +685,9 @@ static int put_fn(MDB_txn *txn, lmc_env *e, void *arg)
     lmc_record rec;
     Py_ssize_t i;
     int rc = 0;
+
+    if (a->n > 1)
+        return put_batch(txn, e, a);
 
     if (a->mode == PUT_ADD) {
         a->added = 0;
