@@ -427,9 +427,6 @@ class _Memoized:
             raise KeyError(f"{self._id}: no stored result for these arguments")
         return value
 
-    def __repr__(self) -> str:
-        return f"<memoized {self._id} in {self._cache.path!r}>"
-
 
 class CacheInfo(tuple):
     """(hits, misses, maxsize, currsize), like functools.lru_cache's."""

@@ -26,7 +26,6 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-import lmdbcache
 from lmdbcache import Cache
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
