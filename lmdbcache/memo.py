@@ -446,8 +446,6 @@ class CacheInfo(tuple):
         return "CacheInfo(hits={}, misses={}, maxsize={}, currsize={})".format(*self)
 
 
-
-
 def memoize(
     cache: Any = None,
     func: Callable | None = None,
