@@ -399,10 +399,12 @@ static PyObject *store_lookup(StoreObject *self, PyObject *key)
             rc = -2;
     }
     lmc_read_end(e, txn);
-    if (LMC_LIKELY(rc == 0 || rc == -2)) {
+    if (LMC_LIKELY(rc == 0)) {
         self->hits++;
         if (LMC_UNLIKELY(e->policy == LMC_POLICY_LRU) && lmc_env_evicts(e))
             store_note_use(self, e, &k.r);
+    }
+    if (LMC_LIKELY(rc == 0 || rc == -2)) { /* -2: finish turns the error into CorruptError */
         lmc_key_clear(&k);
         return lmc_value_finish(st, obj, pickled, e->path);
     }
@@ -820,7 +822,7 @@ static PyObject *store_set_many(StoreObject *self, PyObject *const *args, Py_ssi
 {
     PyObject *seq, **keys = NULL, **values = NULL;
     double expires;
-    Py_ssize_t n, i;
+    Py_ssize_t n, i, held = 0;
     int rc = -1;
 
     if (nargs < 1 || nargs > 2) {
@@ -841,16 +843,23 @@ static PyObject *store_set_many(StoreObject *self, PyObject *const *args, Py_ssi
     }
     for (i = 0; i < n; i++) {
         PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        if ((!PyTuple_Check(pair) && !PyList_Check(pair)) || PySequence_Fast_GET_SIZE(pair) != 2) {
             PyErr_Format(PyExc_TypeError,
                          "set_many() item %zd is not a (key, value) pair", i);
             goto done;
         }
-        keys[i] = PyTuple_GET_ITEM(pair, 0);
-        values[i] = PyTuple_GET_ITEM(pair, 1);
+        /* strong refs: pickling a key or value runs user code, which could
+         * mutate a list it came from */
+        keys[i] = Py_NewRef(PySequence_Fast_GET_ITEM(pair, 0));
+        values[i] = Py_NewRef(PySequence_Fast_GET_ITEM(pair, 1));
+        held++;
     }
     rc = n == 0 ? 0 : store_put_pairs(self, keys, values, n, expires, PUT_OVERWRITE);
 done:
+    for (i = 0; i < held; i++) {
+        Py_DECREF(keys[i]);
+        Py_DECREF(values[i]);
+    }
     PyMem_Free(keys);
     PyMem_Free(values);
     Py_DECREF(seq);
@@ -1734,7 +1743,7 @@ static PyMethodDef store_methods[] = {
     {"pop", FAST(store_pop), "pop(key[, default]): remove key and return its value (atomic)."},
     {"get_many", (PyCFunction)store_get_many, METH_O,
      "get_many(keys) -> dict: the hits among keys, read in one transaction."},
-    {"_set_many", FAST(store_set_many), "_set_many(pairs, ttl=None): store in one transaction."},
+    {"_set_many", FAST(store_set_many), "_set_many(pairs, ttl=None): store (key, value) tuples or lists in one transaction."},
     {"delete_many", (PyCFunction)store_delete_many, METH_O,
      "delete_many(keys) -> int: remove keys in one transaction; how many were present."},
     {"clear", (PyCFunction)store_clear, METH_NOARGS, "Remove every entry of this namespace."},

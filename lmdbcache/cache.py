@@ -332,13 +332,10 @@ class Cache(_core.Store, MutableMapping):
 
     def update(self, other: Any = (), /, **kwds: Any) -> None:
         """Store every pair of *other* and *kwds*, in one transaction."""
-        if isinstance(other, Mapping):
-            pairs = list(other.items())
-        elif hasattr(other, "keys"):
-            pairs = [(k, other[k]) for k in other.keys()]
-        else:
-            pairs = [p if type(p) is tuple else tuple(p) for p in other]
-        pairs.extend(kwds.items())
+        pairs = _pairs(other)
+        if kwds:
+            pairs = list(pairs)
+            pairs.extend(kwds.items())
         self._set_many(pairs)
 
     def __eq__(self, other: object) -> bool:
@@ -353,17 +350,7 @@ class Cache(_core.Store, MutableMapping):
     def set_many(self, mapping: Mapping | Iterable[tuple], ttl: float | None = None) -> None:
         """Store every (key, value) of *mapping* (or of an iterable of pairs) in one
         transaction: all or none are stored."""
-        if type(mapping) is list:
-            try:
-                return self._set_many(mapping, ttl)
-            except TypeError:
-                if all(type(p) is tuple for p in mapping):
-                    raise  # a real TypeError (a key), not the shape of the pairs
-        if isinstance(mapping, Mapping):
-            pairs = list(mapping.items())
-        else:
-            pairs = [p if type(p) is tuple else tuple(p) for p in mapping]
-        self._set_many(pairs, ttl)
+        self._set_many(_pairs(mapping), ttl)
 
     def decr(self, key: Any, delta: int = 1, default: int = 0) -> int:
         """Subtract *delta* from the int under *key* (atomically); see :meth:`incr`."""
@@ -459,6 +446,16 @@ class Cache(_core.Store, MutableMapping):
 
     async def aclear(self) -> None:
         return await self._run(self.clear)
+
+
+def _pairs(other: Any) -> Any:
+    """(key, value) pairs of a mapping, of anything with keys(), or the iterable
+    of pairs itself (the C side takes any iterable of 2-tuples or 2-lists)."""
+    if isinstance(other, Mapping):
+        return list(other.items())
+    if hasattr(other, "keys"):
+        return [(k, other[k]) for k in other.keys()]
+    return other
 
 
 def _rebuild(cls, path, options):

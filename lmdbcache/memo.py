@@ -41,7 +41,6 @@ from . import _core
 
 _MISS = object()
 _NoneType = type(None)
-_SCALARS = (int, float, bool, type(None))
 _SHORT = 256  # longer str/bytes arguments are hashed
 
 
@@ -295,13 +294,11 @@ class _Memoized:
         store = self._store
         version_key = ("v", self._id)
         if store.get(version_key) != self._fp:
-            removed = 0
             with store.transaction():
                 if store.get(version_key) != self._fp:
-                    removed = store._prefix_delete(("r", self._id))
+                    store._prefix_delete(("r", self._id))
                     store._prefix_delete(("l", self._id))
                     store[version_key] = self._fp
-            self._stale_removed = removed
         self._checked = True
 
     # -- calls -----------------------------------------------------------------------
