@@ -6,6 +6,7 @@ LMDBCACHE_STRICT=1 adds -Werror (the test build); LMDBCACHE_SANITIZE=1 builds
 with AddressSanitizer and UndefinedBehaviorSanitizer; LMDBCACHE_DEBUG=1 builds
 with -O0 -g3 and assertions on.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -86,7 +87,7 @@ setup(
     ext_modules=[
         Extension(
             "lmdbcache._core",
-            sources=["csrc/module.c", "csrc/env.c", "csrc/codec.c", "csrc/evict.c", "csrc/store.c"],
+            sources=sorted(glob.glob("csrc/*.c")),
             depends=["csrc/lmdbcache.h"],
             include_dirs=include_dirs,
             library_dirs=library_dirs,

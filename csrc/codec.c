@@ -171,6 +171,8 @@ static int key_digest(lmc_state *st, const unsigned char *p, size_t n, lmc_key *
         PyErr_SetString(PyExc_SystemError, "sha256 digest is not 32 bytes");
         goto done;
     }
+    out->r.full_data = PyBytes_AS_STRING(out->r.full);
+    out->r.full_len = (size_t)n;
     out->buf[0] = LMC_KEY_DIGEST;
     memcpy(out->buf + 1, PyBytes_AS_STRING(digest), 32);
     out->r.val.mv_data = out->buf;
@@ -179,8 +181,11 @@ static int key_digest(lmc_state *st, const unsigned char *p, size_t n, lmc_key *
 done:
     Py_XDECREF(hasher);
     Py_XDECREF(digest);
-    if (rc < 0)
+    if (rc < 0) {
         Py_CLEAR(out->r.full);
+        out->r.full_data = NULL;
+        out->r.full_len = 0;
+    }
     return rc;
 }
 
@@ -190,6 +195,8 @@ int lmc_key_encode(lmc_state *st, PyObject *key, lmc_key *out)
     int rc;
 
     out->r.full = NULL;
+    out->r.full_data = NULL;
+    out->r.full_len = 0;
     /* Fast path: an exact str that fits. */
     if (LMC_LIKELY(PyUnicode_CheckExact(key))) {
         Py_ssize_t n;
@@ -257,6 +264,8 @@ int lmc_keyset_build(lmc_state *st, PyObject *const *keys, Py_ssize_t n, lmc_key
         len += k.r.val.mv_size;
         ks->refs[i].val.mv_size = k.r.val.mv_size;
         ks->refs[i].full = k.r.full; /* steals */
+        ks->refs[i].full_data = k.r.full_data;
+        ks->refs[i].full_len = k.r.full_len;
         ks->n++;
     }
     for (i = 0; i < n; i++)
@@ -357,12 +366,20 @@ bad:
     return NULL;
 }
 
+/* Stored bytes that cannot be decoded -- a bad pickle, a class that moved
+ * (ModuleNotFoundError, AttributeError), a __setstate__ that fails -- are a
+ * CorruptError with the original exception as its cause.  MemoryError and
+ * non-Exception errors (KeyboardInterrupt) pass unchanged. */
+static int decode_failed(lmc_state *st)
+{
+    return PyErr_ExceptionMatches(PyExc_Exception) && !PyErr_ExceptionMatches(PyExc_MemoryError) &&
+           !PyErr_ExceptionMatches(st->Error);
+}
+
 PyObject *lmc_key_decode(lmc_state *st, const char *p, size_t n)
 {
     PyObject *key = decode_one(st, (const unsigned char *)p, n, 0);
-    if (key == NULL && (PyErr_ExceptionMatches(PyExc_ValueError) ||
-                        PyErr_ExceptionMatches(st->UnpicklingError) ||
-                        PyErr_ExceptionMatches(PyExc_EOFError)))
+    if (key == NULL && decode_failed(st))
         lmc_raise_from(st->CorruptError, "a stored key cannot be decoded");
     return key;
 }
@@ -453,12 +470,12 @@ void lmc_value_head(lmc_value *out, int tag, double expires, int with_seq, const
         out->seq_off = n;
         n += 8;
     }
-    if (key != NULL && key->full != NULL) {
-        uint32_t kl = (uint32_t)PyBytes_GET_SIZE(key->full);
+    if (key != NULL && key->full_data != NULL) {
+        uint32_t kl = (uint32_t)key->full_len;
         flags |= LMC_FLAG_LONGKEY;
         memcpy(out->head + n, &kl, 4);
         n += 4;
-        out->key = PyBytes_AS_STRING(key->full);
+        out->key = key->full_data;
         out->key_len = kl;
     }
     out->head[0] = LMC_RECORD_VERSION;
@@ -486,6 +503,14 @@ const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec)
     size_t off = LMC_HEADER_SIZE;
     uint32_t kl;
 
+    rec->tag = 0;
+    rec->flags = 0;
+    rec->expires = 0;
+    rec->seq = 0;
+    rec->key = NULL;
+    rec->key_len = 0;
+    rec->data = NULL;
+    rec->data_len = 0;
     if (LMC_UNLIKELY(n < LMC_HEADER_SIZE))
         return "record shorter than its header";
     if (LMC_UNLIKELY((unsigned char)p[0] != LMC_RECORD_VERSION))
@@ -552,10 +577,35 @@ int lmc_record_parse(lmc_state *st, const char *p, size_t n, lmc_record *rec, co
 
 int lmc_record_matches(const lmc_record *rec, const lmc_kref *key)
 {
-    if (key->full == NULL)
+    if (key->full_data == NULL)
         return rec->key == NULL;
-    return rec->key != NULL && rec->key_len == (size_t)PyBytes_GET_SIZE(key->full) &&
-           memcmp(rec->key, PyBytes_AS_STRING(key->full), rec->key_len) == 0;
+    return rec->key != NULL && rec->key_len == key->full_len &&
+           memcmp(rec->key, key->full_data, rec->key_len) == 0;
+}
+
+int lmc_lookup(MDB_txn *txn, MDB_dbi dbi, const lmc_kref *key, lmc_record *rec,
+               int *status, const char **why)
+{
+    MDB_val k = key->val, v;
+    int rc = mdb_get(txn, dbi, &k, &v);
+
+    *why = NULL;
+    if (rc == MDB_NOTFOUND) {
+        *status = LMC_ABSENT;
+        return 0;
+    }
+    if (rc != 0)
+        return rc;
+    *why = lmc_record_parse_raw(v.mv_data, v.mv_size, rec);
+    if (LMC_UNLIKELY(*why != NULL))
+        *status = LMC_CORRUPT;
+    else if (LMC_UNLIKELY(!lmc_record_matches(rec, key)))
+        *status = LMC_ABSENT; /* another key with the same digest */
+    else if (LMC_UNLIKELY((rec->flags & LMC_FLAG_EXPIRES) && rec->expires <= lmc_now()))
+        *status = LMC_EXPIRED;
+    else
+        *status = LMC_LIVE;
+    return 0;
 }
 
 PyObject *lmc_record_take(const lmc_record *rec, int *pickled)
@@ -601,8 +651,8 @@ PyObject *lmc_value_finish(lmc_state *st, PyObject *obj, int pickled, const char
         return obj;
     value = PyObject_CallOneArg(st->pickle_loads, obj);
     Py_DECREF(obj);
-    if (value == NULL && (PyErr_ExceptionMatches(st->UnpicklingError) ||
-                          PyErr_ExceptionMatches(PyExc_EOFError)))
-        lmc_raise_from(st->CorruptError, "corrupt record in '%s': bad pickle", path);
+    if (value == NULL && decode_failed(st))
+        lmc_raise_from(st->CorruptError, "corrupt record in '%s': the stored value cannot be "
+                       "unpickled", path);
     return value;
 }

@@ -3,18 +3,35 @@
  *
  * CONTRACT
  *
+ * Lifetime (THE RULE).  An Env is reference-counted with the GIL held.  Every
+ * Store holds one reference while open, and every Store *call* holds its own
+ * from its first line to its last (lmc_store_enter/lmc_store_leave, store.c):
+ * user code run by the call (__hash__, __eq__, __reduce__, __setstate__,
+ * finalizers) and other threads running while the GIL is released may close
+ * the Store, but never free the Env under the call.  An explicit transaction
+ * holds a reference from begin to end.  Code that waits (write_lock, another
+ * process's lock) always holds a reference first.
+ *
  * Registry.  LMDB forbids opening one environment twice in a process: closing
- * the second descriptor would drop the process's fcntl locks on the lock file.
- * `registry` lists this process's open Envs, keyed by the directory's
- * (st_dev, st_ino); every Store on that directory shares one reference-counted
- * Env, and the last release closes it.  The registry and the reference counts
- * are touched only with the GIL held.
+ * the second descriptor would drop the process's fcntl locks on the lock file,
+ * and a second open re-initialises the reader table under the first.
+ * `registry` lists this process's Envs keyed by the directory's
+ * (st_dev, st_ino), each in a state: OPENING (mdb_env_open in progress, the
+ * GIL released), OPEN, or CLOSING (the last reference went; the marker is
+ * being released and mdb_env_close has not returned).  An Env is linked
+ * before its open starts and unlinked only after mdb_env_close returns;
+ * lmc_env_acquire shares an OPEN Env and waits (GIL released) while the entry
+ * for its path is OPENING or CLOSING -- so one path never has two MDB_envs in
+ * this process.  Construction and lazy reopen both go through
+ * lmc_env_acquire.  The registry, states and reference counts are touched
+ * only with the GIL held.
  *
  * Fork.  After fork() the child runs lmc_atfork_child (module.c), which bumps
  * lmc_fork_generation and empties the registry (pointer writes only).  An Env
  * whose `generation` differs from lmc_fork_generation was opened by an ancestor
  * process: it is *abandoned*.  Nothing of it -- the MDB_env, its cached read
- * txn, its descriptors -- is ever passed to LMDB or close() again, because
+ * txn, its descriptors, its mutexes -- is ever passed to LMDB, close() or
+ * pthread again, because
  *   - ending an inherited read txn writes into the parent's reader slot (the
  *     reader table is a shared mapping): the parent then gets MDB_BAD_RSLOT or
  *     loses the protection of its snapshot;
@@ -25,14 +42,15 @@
  * compare, no syscall) and acquire a fresh Env.  Releasing an abandoned Env
  * frees only this struct: the inherited MDB_env leaks until exit.
  *
- * Transactions.  The Env is opened with MDB_NOTLS, so a reader slot belongs to
- * a txn, not a thread.  Reads use `rtxn`: renew -> get -> copy out -> reset,
- * all with the GIL held and no Python code running in between, so `rtxn` is
- * never used by two threads at once (rtxn_busy guards against reentry anyway).
- * Writes run with the GIL released, under `write_lock`, a mutex taken only
- * with the GIL released.  Map resizing (mdb_env_set_mapsize) requires that no
- * txn of this process is active: it runs holding both write_lock (no writer)
- * and the GIL (no reader, since readers hold the GIL for a whole txn).
+ * Transactions.  Every txn starts in lmc_env_begin (one retry policy).  The
+ * Env is opened with MDB_NOTLS, so a reader slot belongs to a txn, not a
+ * thread.  Reads use `rtxn`: renew -> get -> copy out -> reset, all with the
+ * GIL held and no Python code running in between, so `rtxn` is never used by
+ * two threads at once (rtxn_busy guards against reentry anyway).  Writes run
+ * with the GIL released, under `write_lock`, a mutex taken only with the GIL
+ * released.  Map resizing (mdb_env_set_mapsize) requires that no txn of this
+ * process is active: it runs holding both write_lock (no writer) and the GIL
+ * (no reader, since readers hold the GIL for a whole txn).
  */
 #define _GNU_SOURCE /* fallocate */
 #include "lmdbcache.h"
@@ -78,112 +96,57 @@ static void registry_unlink(lmc_env *e)
     }
 }
 
-static void env_free_tables(lmc_env *e)
+static void pause_ms(int ms)
 {
-    int i;
-    for (i = 0; i < e->n_ns; i++)
-        PyMem_RawFree(e->ns[i].name);
-    PyMem_RawFree(e->ns);
-    e->ns = NULL;
-    e->n_ns = e->cap_ns = e->n_pending = 0;
-    lmc_evict_free(e);
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
 }
 
-/* ---- durability marker ------------------------------------------------------
- * With MDB_NOSYNC an OS crash can tear the data file.  While any process may
- * hold unsynced commits, <dir>/unsynced holds the boot id; lmdbcache/cache.py
- * refuses (moves aside) a cache whose marker names another boot.  Creating and
- * removing the marker both happen under LMDB's writer lock, and an Env takes
- * its reader slot before creating it, so the last closer (which sees no other
- * process in the reader table) cannot remove a marker another opener relies on.
- */
-static int env_marker_create(lmc_state *st, lmc_env *e, const lmc_options *opt)
+static void env_free(lmc_env *e)
 {
-    MDB_txn *txn;
-    size_t n = strlen(e->path) + sizeof("/unsynced");
-    int rc, fd;
-
-    e->marker_path = PyMem_RawMalloc(n);
-    if (e->marker_path == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    PyOS_snprintf(e->marker_path, n, "%s/unsynced", e->path);
-    Py_BEGIN_ALLOW_THREADS
-    rc = mdb_txn_begin(e->env, NULL, 0, &txn);
-    if (rc == 0) {
-        fd = open(e->marker_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd >= 0) {
-            if (write(fd, opt->boot_id, strlen(opt->boot_id)) < 0)
-                rc = errno;
-            close(fd);
-        }
-        else if (errno != EEXIST) {
-            rc = errno;
-        }
-        mdb_txn_abort(txn);
-    }
-    Py_END_ALLOW_THREADS
-    if (rc != 0) {
-        lmc_raise(st, rc, "write the durability marker", e->marker_path);
-        return -1;
-    }
-    e->marker = 1;
-    return 0;
-}
-
-static int count_other_readers(const char *msg, void *ctx)
-{
-    int pid;
-    if (sscanf(msg, "%d", &pid) == 1 && pid != (int)getpid())
-        (*(int *)ctx)++;
-    return 0;
-}
-
-/* Last close of this process: flush, and drop the marker if no other process
- * has the cache open.  GIL held; errors leave the marker (safe side). */
-static void env_marker_release(lmc_env *e)
-{
-    MDB_txn *txn;
-    int rc, dead, others = 0;
-
-    Py_BEGIN_ALLOW_THREADS
-    rc = mdb_txn_begin(e->env, NULL, 0, &txn);
-    if (rc == 0) {
-        if (mdb_env_sync(e->env, 1) == 0 && mdb_reader_check(e->env, &dead) == 0 &&
-            mdb_reader_list(e->env, count_other_readers, &others) >= 0 && others == 0)
-            unlink(e->marker_path);
-        mdb_txn_abort(txn);
-    }
-    Py_END_ALLOW_THREADS
-}
-
-void lmc_env_release(lmc_env *e)
-{
-    if (--e->refcnt > 0)
-        return;
-    if (lmc_env_is_current(e)) {
-        registry_unlink(e);
-        if (e->marker)
-            env_marker_release(e);
-        if (e->rtxn != NULL)
-            mdb_txn_abort(e->rtxn);
-        mdb_env_close(e->env);
-        pthread_mutex_destroy(&e->write_lock);
-        pthread_mutex_destroy(&e->lru_lock);
-        env_free_tables(e);
-    }
-    /* else: inherited from an ancestor process -- abandoned, see CONTRACT.
-     * Its tables may be mid-update by a parent thread: leaked with it. */
     PyMem_RawFree(e->marker_path);
+    PyMem_RawFree(e->torn_to);
+    PyMem_RawFree(e->torn_boot);
     PyMem_RawFree(e->path);
     PyMem_RawFree(e);
 }
 
-/* Adopt a map size grown by another process.  GIL held on entry and exit. */
+/* Close a current Env whose last reference went.  It stays in the registry,
+ * CLOSING, until mdb_env_close has returned: openers of the path wait. */
+static void env_close(lmc_env *e)
+{
+    e->state = LMC_ENV_CLOSING;
+    if (e->marker)
+        lmc_marker_release(e); /* releases the GIL */
+    if (e->rtxn != NULL)
+        mdb_txn_abort(e->rtxn);
+    e->rtxn = NULL;
+    mdb_env_close(e->env);
+    pthread_mutex_destroy(&e->write_lock);
+    pthread_mutex_destroy(&e->lru_lock);
+    lmc_ns_free(e);
+    lmc_evict_free(e);
+    registry_unlink(e);
+}
+
+void lmc_env_release(lmc_env *e)
+{
+    if (LMC_LIKELY(--e->refcnt > 0))
+        return;
+    if (lmc_env_is_current(e))
+        env_close(e);
+    /* else: inherited from an ancestor process -- abandoned, see CONTRACT.
+     * Its tables may be mid-update by a parent thread: leaked with it. */
+    env_free(e);
+}
+
+/* Adopt a map size grown by another process, from a thread holding the GIL
+ * and not write_lock. */
 static int env_adopt_mapsize(lmc_env *e)
 {
     int rc;
+    if (lmc_env_in_txn(e))
+        return MDB_MAP_RESIZED; /* this thread's transaction holds write_lock */
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&e->write_lock);
     Py_END_ALLOW_THREADS
@@ -192,22 +155,41 @@ static int env_adopt_mapsize(lmc_env *e)
     return rc;
 }
 
-static int read_begin_slow(lmc_env *e, MDB_txn **txn)
+int lmc_env_begin(lmc_env *e, unsigned int flags, MDB_txn **txn, PyThreadState **save)
 {
-    int rc, attempt;
-    int dead;
+    int rc, attempt, dead;
 
     for (attempt = 0;; attempt++) {
-        rc = mdb_txn_begin(e->env, NULL, MDB_RDONLY, txn);
-        if (rc == 0 || attempt >= 3)
+        rc = mdb_txn_begin(e->env, NULL, flags, txn);
+        if (rc == 0 || attempt >= 8)
             break;
-        if (rc == MDB_READERS_FULL)
-            rc = mdb_reader_check(e->env, &dead); /* reclaim slots of dead pids */
-        else if (rc == MDB_MAP_RESIZED)
-            rc = env_adopt_mapsize(e);
-        if (rc != 0)
+        if (rc == MDB_READERS_FULL) {
+            /* reclaim slots of dead pids; none reclaimed: really full */
+            if (mdb_reader_check(e->env, &dead) != 0 || dead == 0)
+                break;
+        }
+        else if (rc == MDB_MAP_RESIZED) {
+            if (save == NULL) {
+                rc = env_adopt_mapsize(e);
+            }
+            else {
+                PyEval_RestoreThread(*save);
+                rc = mdb_env_set_mapsize(e->env, 0);
+                *save = PyEval_SaveThread();
+            }
+            if (rc != 0)
+                break;
+        }
+        else {
             break;
+        }
     }
+    return rc;
+}
+
+static int read_begin_slow(lmc_env *e, MDB_txn **txn)
+{
+    int rc = lmc_env_begin(e, MDB_RDONLY, txn, NULL);
     if (rc != 0)
         return rc;
     if (e->rtxn == NULL) {
@@ -315,29 +297,16 @@ static int env_grow(lmc_env *e, int kind)
     return mdb_env_set_mapsize(e->env, want);
 }
 
-/* Drop (abort) or keep (commit) the namespaces opened by the txn that ended. */
-static void env_settle_pending(lmc_env *e, int committed)
-{
-    if (!committed && e->n_pending > 0) {
-        e->ns_epoch++; /* Stores holding those dbi handles look again */
-        while (e->n_pending > 0) {
-            PyMem_RawFree(e->ns[--e->n_ns].name);
-            e->n_pending--;
-        }
-    }
-    e->n_pending = 0;
-}
-
 /* A tiny committed write.  LMDB reuses a freed page only once two newer txns
  * have committed (the previous meta page may still point at it), so a cache
  * that just hit size_limit and was emptied by one delete txn needs one more
  * commit before the room is usable.  write_lock held, GIL not needed. */
-static int env_tick(lmc_env *e)
+static int env_tick(lmc_env *e, PyThreadState **save)
 {
     MDB_txn *txn;
     MDB_val k = {4, (void *)"tick"}, v;
     uint64_t id;
-    int rc = mdb_txn_begin(e->env, NULL, 0, &txn);
+    int rc = lmc_env_begin(e, 0, &txn, save);
 
     if (rc != 0)
         return rc;
@@ -378,12 +347,7 @@ static int env_run(lmc_env *e, MDB_txn *txn, lmc_write_fn fn, void *arg, int kin
     return rc;
 }
 
-static void pause_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
+/* The caller holds a reference on e (THE RULE), so e outlives the waits. */
 int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
                   lmc_evict_counts *counts)
 {
@@ -404,20 +368,19 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
         return rc;
     }
 
-    e->refcnt++; /* a close() in another thread must not free e under us */
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&e->write_lock);
     do {
         again = 0;
         rc = env_reserve(e, hint);
-        if (rc == 0 && (rc = mdb_txn_begin(e->env, NULL, 0, &txn)) == 0) {
+        if (rc == 0 && (rc = lmc_env_begin(e, 0, &txn, &_save)) == 0) {
             e->seq_counter = 0;
             rc = env_run(e, txn, fn, arg, kind, hint, 0, counts);
             if (rc == 0)
                 rc = mdb_txn_commit(txn);
             else
                 mdb_txn_abort(txn);
-            env_settle_pending(e, rc == 0);
+            lmc_ns_settle(e, rc == 0);
         }
         if (rc == MDB_MAP_RESIZED && attempts++ < 64) {
             Py_BLOCK_THREADS
@@ -438,11 +401,11 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
                     rc = 0;
                 else if (!ticked) {
                     ticked = 1;
-                    rc = env_tick(e);
+                    rc = env_tick(e, &_save);
                 }
                 else if (lmc_env_evicts(e) && waits < 6) {
                     pause_ms(1 << (2 * waits++)); /* 1, 4, 16, 64, 256, 1024 ms */
-                    rc = env_tick(e);
+                    rc = env_tick(e, &_save);
                 }
             }
             again = rc == 0;
@@ -450,14 +413,15 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
     } while (again);
     pthread_mutex_unlock(&e->write_lock);
     Py_END_ALLOW_THREADS
-    lmc_env_release(e);
     return rc;
 }
 
+/* Begin this thread's explicit transaction.  The caller holds a reference on
+ * e; on success the transaction takes its own, held until lmc_env_txn_end. */
 int lmc_env_txn_begin(lmc_env *e)
 {
     MDB_txn *txn = NULL;
-    int rc, attempts = 0;
+    int rc;
 
     if (lmc_env_in_txn(e)) {
         e->wtxn_depth++;
@@ -465,18 +429,9 @@ int lmc_env_txn_begin(lmc_env *e)
     }
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&e->write_lock);
-    for (;;) {
-        rc = env_reserve(e, 0);
-        if (rc == 0)
-            rc = mdb_txn_begin(e->env, NULL, 0, &txn);
-        if (rc != MDB_MAP_RESIZED || attempts++ > 8)
-            break;
-        Py_BLOCK_THREADS
-        rc = mdb_env_set_mapsize(e->env, 0);
-        Py_UNBLOCK_THREADS
-        if (rc != 0)
-            break;
-    }
+    rc = env_reserve(e, 0);
+    if (rc == 0)
+        rc = lmc_env_begin(e, 0, &txn, &_save);
     if (rc != 0)
         pthread_mutex_unlock(&e->write_lock);
     Py_END_ALLOW_THREADS
@@ -492,6 +447,7 @@ int lmc_env_txn_begin(lmc_env *e)
     return 0;
 }
 
+/* End it.  The caller holds a reference on e besides the transaction's. */
 int lmc_env_txn_end(lmc_env *e, int commit)
 {
     MDB_txn *txn;
@@ -515,7 +471,7 @@ int lmc_env_txn_end(lmc_env *e, int commit)
         mdb_txn_abort(txn);
         rc = commit ? LMC_ERR_TXN_FAILED : 0;
     }
-    env_settle_pending(e, commit && rc == 0);
+    lmc_ns_settle(e, commit && rc == 0);
     pthread_mutex_unlock(&e->write_lock);
     lmc_env_release(e);
     return rc;
@@ -529,112 +485,6 @@ int lmc_env_sync(lmc_env *e)
     Py_BEGIN_ALLOW_THREADS
     rc = mdb_env_sync(e->env, 1);
     Py_END_ALLOW_THREADS
-    return rc;
-}
-
-/* ---- namespaces ------------------------------------------------------------ */
-
-static int ns_find(lmc_env *e, const char *dbname, MDB_dbi *dbi)
-{
-    int i;
-    for (i = 0; i < e->n_ns; i++) {
-        if (strcmp(e->ns[i].name, dbname) == 0) {
-            *dbi = e->ns[i].dbi;
-            return 0;
-        }
-    }
-    return MDB_NOTFOUND;
-}
-
-static int ns_add(lmc_env *e, const char *dbname, MDB_dbi dbi, int pending)
-{
-    if (e->n_ns == e->cap_ns) {
-        int cap = e->cap_ns ? e->cap_ns * 2 : 8;
-        lmc_ns *ns = PyMem_RawRealloc(e->ns, (size_t)cap * sizeof(*ns));
-        if (ns == NULL)
-            return ENOMEM;
-        e->ns = ns;
-        e->cap_ns = cap;
-    }
-    e->ns[e->n_ns].name = PyMem_RawMalloc(strlen(dbname) + 1);
-    if (e->ns[e->n_ns].name == NULL)
-        return ENOMEM;
-    strcpy(e->ns[e->n_ns].name, dbname);
-    e->ns[e->n_ns++].dbi = dbi;
-    if (pending)
-        e->n_pending++;
-    return 0;
-}
-
-int lmc_env_ns_dbi(lmc_env *e, MDB_txn *txn, const char *dbname, MDB_dbi *dbi)
-{
-    int rc;
-    if (dbname[0] == '\0') {
-        *dbi = e->main_dbi;
-        return 0;
-    }
-    if (ns_find(e, dbname, dbi) == 0)
-        return 0;
-    rc = mdb_dbi_open(txn, dbname, 0, dbi);
-    if (rc != 0)
-        return rc;
-    return ns_add(e, dbname, *dbi, 1);
-}
-
-typedef struct {
-    const char *dbname;
-    int create;
-    MDB_dbi dbi;
-} ns_open_arg;
-
-static int ns_open_fn(MDB_txn *txn, lmc_env *e, void *arg)
-{
-    ns_open_arg *a = arg;
-    int rc;
-    if (ns_find(e, a->dbname, &a->dbi) == 0)
-        return 0;
-    rc = mdb_dbi_open(txn, a->dbname, a->create ? MDB_CREATE : 0, &a->dbi);
-    if (rc != 0)
-        return rc;
-    return ns_add(e, a->dbname, a->dbi, 1);
-}
-
-int lmc_env_namespace(lmc_env *e, const char *name, int create, MDB_dbi *dbi)
-{
-    char dbname[LMC_MAX_KEY + 16];
-    ns_open_arg a;
-    MDB_txn *txn;
-    int rc;
-
-    if (name[0] == '\0') {
-        *dbi = e->main_dbi;
-        return 0;
-    }
-    if (strlen(name) > LMC_MAX_KEY - sizeof(LMC_NS_PREFIX))
-        return MDB_BAD_VALSIZE;
-    PyOS_snprintf(dbname, sizeof(dbname), "%s%s", LMC_NS_PREFIX, name);
-    if (!(e->flags & MDB_RDONLY)) {
-        a.dbname = dbname;
-        a.create = create;
-        rc = lmc_env_write(e, ns_open_fn, &a, LMC_WRITE_FREES, 0, NULL);
-        if (rc == 0)
-            *dbi = a.dbi;
-        return rc;
-    }
-    /* read-only Env: no writer exists, the GIL guards the table */
-    if (ns_find(e, dbname, dbi) == 0)
-        return 0;
-    rc = mdb_txn_begin(e->env, NULL, MDB_RDONLY, &txn);
-    if (rc != 0)
-        return rc;
-    rc = mdb_dbi_open(txn, dbname, 0, dbi);
-    if (rc != 0) {
-        mdb_txn_abort(txn);
-        return rc;
-    }
-    rc = mdb_txn_commit(txn);
-    if (rc == 0)
-        rc = ns_add(e, dbname, *dbi, 0);
     return rc;
 }
 
@@ -697,9 +547,17 @@ static int env_init_meta(lmc_state *st, lmc_env *e)
     int rc, readonly = (e->flags & MDB_RDONLY) != 0, writing = 0;
 
 again:
-    Py_BEGIN_ALLOW_THREADS
-    rc = mdb_txn_begin(e->env, NULL, writing ? 0 : MDB_RDONLY, &txn);
-    Py_END_ALLOW_THREADS
+    if (writing) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&e->write_lock);
+        rc = lmc_env_begin(e, 0, &txn, &_save);
+        if (rc != 0)
+            pthread_mutex_unlock(&e->write_lock);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        rc = lmc_env_begin(e, MDB_RDONLY, &txn, NULL);
+    }
     if (rc != 0)
         goto lmdb_error;
     rc = mdb_dbi_open(txn, NULL, 0, &e->main_dbi);
@@ -775,6 +633,8 @@ again:
     /* Committing (even a read txn) makes the dbi handles env-wide. */
     Py_BEGIN_ALLOW_THREADS
     rc = mdb_txn_commit(txn);
+    if (writing)
+        pthread_mutex_unlock(&e->write_lock);
     Py_END_ALLOW_THREADS
     txn = NULL;
     if (rc != 0)
@@ -784,11 +644,17 @@ again:
 lmdb_error:
     lmc_raise(st, rc, op, e->path);
 error:
-    if (txn != NULL)
+    if (txn != NULL) {
         mdb_txn_abort(txn);
+        if (writing)
+            pthread_mutex_unlock(&e->write_lock);
+    }
     return -1;
 }
 
+/* Open a new Env for path.  It is linked into the registry, OPENING, before
+ * anything releases the GIL, so other threads wait for it instead of opening
+ * the path a second time. */
 static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
                          const lmc_options *opt)
 {
@@ -797,7 +663,7 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     const char *op = "open the environment";
     MDB_stat ms;
     MDB_txn *txn;
-    int rc, fd, dead, opened = 0;
+    int rc, fd, dead, created = 0, locks = 0, lock_fd = -1;
 
     e = PyMem_RawCalloc(1, sizeof(*e));
     if (e == NULL) {
@@ -811,6 +677,14 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
         return NULL;
     }
     strcpy(e->path, path);
+    e->state = LMC_ENV_OPENING;
+    e->generation = lmc_fork_generation;
+    e->dev = sb->st_dev;
+    e->ino = sb->st_ino;
+    e->refcnt = 1;
+    e->next = registry;
+    registry = e;
+
     e->flags = MDB_NOTLS;
     if (opt->readonly)
         e->flags |= MDB_RDONLY;
@@ -820,11 +694,22 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     e->policy = opt->policy;
     if (e->size_limit != 0 && map_size > lmc_env_map_cap(e))
         map_size = lmc_env_map_cap(e);
-
+    if (pthread_mutex_init(&e->write_lock, NULL) != 0) {
+        PyErr_SetString(PyExc_MemoryError, "pthread_mutex_init failed");
+        goto error;
+    }
+    if (pthread_mutex_init(&e->lru_lock, NULL) != 0) {
+        pthread_mutex_destroy(&e->write_lock);
+        PyErr_SetString(PyExc_MemoryError, "pthread_mutex_init failed");
+        goto error;
+    }
+    locks = 1;
+    if (lmc_guard_enter(st, e, opt, &lock_fd) < 0)
+        goto error;
     rc = mdb_env_create(&e->env);
     if (rc != 0)
         goto lmdb_error;
-    opened = 1;
+    created = 1;
     if ((rc = mdb_env_set_maxreaders(e->env, opt->max_readers)) != 0 ||
         (rc = mdb_env_set_maxdbs(e->env, LMC_MAX_DBS)) != 0 ||
         (rc = mdb_env_set_mapsize(e->env, map_size)) != 0)
@@ -858,50 +743,45 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     if ((rc = mdb_env_stat(e->env, &ms)) != 0)
         goto lmdb_error;
     e->page_size = ms.ms_psize;
-    if (pthread_mutex_init(&e->write_lock, NULL) != 0) {
-        PyErr_SetString(PyExc_MemoryError, "pthread_mutex_init failed");
-        goto error;
-    }
-    if (pthread_mutex_init(&e->lru_lock, NULL) != 0) {
-        pthread_mutex_destroy(&e->write_lock);
-        PyErr_SetString(PyExc_MemoryError, "pthread_mutex_init failed");
-        goto error;
-    }
     if (env_init_meta(st, e) < 0)
-        goto error_locks;
+        goto error;
     /* Take this Env's reader slot now: the slot table then tells which
-     * processes have the cache open (see env_marker_release). */
+     * processes have the cache open (see lmc_marker_release). */
     op = "begin a read";
     if ((rc = read_begin_slow(e, &txn)) != 0)
-        goto lmdb_error_locks;
+        goto lmdb_error;
     lmc_read_end(e, txn);
-    if (opt->boot_id != NULL && (e->flags & MDB_NOSYNC) && env_marker_create(st, e, opt) < 0)
-        goto error_locks;
-    e->generation = lmc_fork_generation;
-    e->dev = sb->st_dev;
-    e->ino = sb->st_ino;
-    e->refcnt = 1;
-    e->next = registry;
-    registry = e;
+    if (opt->boot_id != NULL && (e->flags & MDB_NOSYNC) && lmc_marker_create(st, e, opt) < 0)
+        goto error;
+    lmc_guard_leave(lock_fd);
+    e->state = LMC_ENV_OPEN;
+    if (e->torn_to != NULL &&
+        PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                         "lmdbcache: the cache in '%s' was not synced before the machine went "
+                         "down (boot %s), so its file may be torn; it was moved to '%s' and "
+                         "the cache starts empty",
+                         path, e->torn_boot, e->torn_to) < 0) {
+        lmc_env_release(e);
+        return NULL;
+    }
     return e;
 
-lmdb_error_locks:
-    lmc_raise(st, rc, op, path);
-error_locks:
-    if (e->rtxn != NULL)
-        mdb_txn_abort(e->rtxn);
-    env_free_tables(e);
-    pthread_mutex_destroy(&e->write_lock);
-    pthread_mutex_destroy(&e->lru_lock);
-    goto error;
 lmdb_error:
     lmc_raise(st, rc, op, path);
 error:
-    if (opened)
+    lmc_guard_leave(lock_fd);
+    if (e->rtxn != NULL)
+        mdb_txn_abort(e->rtxn);
+    lmc_ns_free(e);
+    lmc_evict_free(e);
+    if (created)
         mdb_env_close(e->env);
-    PyMem_RawFree(e->marker_path);
-    PyMem_RawFree(e->path);
-    PyMem_RawFree(e);
+    if (locks) {
+        pthread_mutex_destroy(&e->write_lock);
+        pthread_mutex_destroy(&e->lru_lock);
+    }
+    registry_unlink(e);
+    env_free(e);
     return NULL;
 }
 
@@ -919,23 +799,32 @@ lmc_env *lmc_env_acquire(lmc_state *st, const char *path, const lmc_options *opt
         lmc_raise(st, ENOTDIR, "open the cache directory", path);
         return NULL;
     }
+again:
     for (e = registry; e != NULL; e = e->next) {
-        if (e->dev != sb.st_dev || e->ino != sb.st_ino)
-            continue;
-        if ((e->flags & MDB_RDONLY) && !opt->readonly)
-            clash = "it is open read-only; close those caches to open it for writing";
-        else if (((e->flags & MDB_NOSYNC) == 0) != (opt->sync != 0))
-            clash = "it is open with another durability";
-        else if (e->size_limit != opt->size_limit)
-            clash = "it is open with another size_limit";
-        else if (e->size_limit != 0 && e->policy != opt->policy)
-            clash = "it is open with another eviction_policy";
-        if (clash != NULL) {
-            PyErr_Format(st->Error, "cannot open '%s' in this process: %s", path, clash);
-            return NULL;
-        }
-        e->refcnt++;
-        return e;
+        if (e->dev == sb.st_dev && e->ino == sb.st_ino)
+            break;
     }
-    return env_open(st, path, &sb, opt);
+    if (e == NULL)
+        return env_open(st, path, &sb, opt);
+    if (e->state != LMC_ENV_OPEN) {
+        /* another thread is opening or closing it: wait, never open twice */
+        Py_BEGIN_ALLOW_THREADS
+        pause_ms(1);
+        Py_END_ALLOW_THREADS
+        goto again;
+    }
+    if ((e->flags & MDB_RDONLY) && !opt->readonly)
+        clash = "it is open read-only; close those caches to open it for writing";
+    else if (!opt->readonly && ((e->flags & MDB_NOSYNC) == 0) != (opt->sync != 0))
+        clash = "it is open with another durability";
+    else if (e->size_limit != opt->size_limit)
+        clash = "it is open with another size_limit";
+    else if (e->size_limit != 0 && e->policy != opt->policy)
+        clash = "it is open with another eviction_policy";
+    if (clash != NULL) {
+        PyErr_Format(st->Error, "cannot open '%s' in this process: %s", path, clash);
+        return NULL;
+    }
+    e->refcnt++;
+    return e;
 }

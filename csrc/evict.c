@@ -29,7 +29,43 @@
 
 #define EVICT_FAST_SLACK ((size_t)64 << 10)
 #define LRU_MAX_BUF ((size_t)1 << 20)
-#define ENTRY_MAX (1 + 255 + LMC_MAX_KEY + 1)
+/* An index entry: [u8 len][sub-database name][key encoding]. */
+#define DBNAME_MAX (sizeof(LMC_NS_PREFIX) - 1 + LMC_MAX_NS)
+#define ENTRY_MAX (1 + DBNAME_MAX + LMC_MAX_KEY)
+_Static_assert(DBNAME_MAX <= 255, "a sub-database name length must fit the entry's length byte");
+_Static_assert(DBNAME_MAX < 256, "discover_namespaces and evict_oldest keep names in 256 bytes");
+/* An entry is also the key of __atime__, but may be longer than LMDB's key
+ * limit: such entries are keyed by ATIME_HASHED + a 128-bit hash instead. */
+#define ATIME_HASHED 0xff
+_Static_assert(DBNAME_MAX < ATIME_HASHED, "a hashed atime key never looks like an entry");
+
+static uint64_t fnv64(const unsigned char *p, size_t n, uint64_t h)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+/* The __atime__ key of an entry (pointing into entry or buf[17]). */
+static MDB_val atime_key(const unsigned char *entry, size_t n, unsigned char *buf)
+{
+    MDB_val k;
+    uint64_t a, b;
+    if (n <= LMC_MAX_KEY) {
+        k.mv_data = (void *)entry;
+        k.mv_size = n;
+        return k;
+    }
+    a = fnv64(entry, n, 14695981039346656037ull);
+    b = fnv64(entry, n, a ^ 0x9e3779b97f4a7c15ull);
+    buf[0] = ATIME_HASHED;
+    memcpy(buf + 1, &a, 8);
+    memcpy(buf + 9, &b, 8);
+    k.mv_data = buf;
+    k.mv_size = 17;
+    return k;
+}
 
 static void be64(uint64_t v, unsigned char *out)
 {
@@ -51,6 +87,8 @@ static uint64_t unbe64(const unsigned char *p)
 static size_t entry_encode(unsigned char *buf, const char *dbname, const MDB_val *key)
 {
     size_t n = strlen(dbname);
+    /* dbname: at most DBNAME_MAX (store.c validates namespace names), key: at
+     * most LMC_MAX_KEY (longer encodings are digested) */
     buf[0] = (unsigned char)n;
     memcpy(buf + 1, dbname, n);
     memcpy(buf + 1 + n, key->mv_data, key->mv_size);
@@ -153,8 +191,9 @@ static int evict_oldest(MDB_txn *txn, lmc_env *e, MDB_cursor *cur, const MDB_val
                         const MDB_val *v, lmc_evict_counts *out)
 {
     const unsigned char *p = v->mv_data;
+    unsigned char hbuf[17];
     char dbname[256];
-    MDB_val key, rv, av;
+    MDB_val key, rv, av, ak;
     MDB_dbi dbi;
     lmc_record rec;
     uint64_t seq, current;
@@ -168,6 +207,8 @@ static int evict_oldest(MDB_txn *txn, lmc_env *e, MDB_cursor *cur, const MDB_val
     dbname[n] = '\0';
     key.mv_data = (void *)(p + 1 + n);
     key.mv_size = v->mv_size - 1 - n;
+    if (key.mv_size == 0 || key.mv_size > LMC_MAX_KEY || n > DBNAME_MAX)
+        return mdb_cursor_del(cur, 0); /* malformed entry: drop it */
     rc = lmc_env_ns_dbi(e, txn, dbname, &dbi);
     if (rc == MDB_NOTFOUND)
         return mdb_cursor_del(cur, 0);
@@ -184,7 +225,8 @@ static int evict_oldest(MDB_txn *txn, lmc_env *e, MDB_cursor *cur, const MDB_val
     else
         current = seq; /* corrupt record: evict it */
     if (e->policy == LMC_POLICY_LRU) {
-        rc = mdb_get(txn, e->atime_dbi, (MDB_val *)v, &av);
+        ak = atime_key(v->mv_data, v->mv_size, hbuf);
+        rc = mdb_get(txn, e->atime_dbi, &ak, &av);
         if (rc == 0 && av.mv_size == 8) {
             uint64_t t;
             memcpy(&t, av.mv_data, 8);
@@ -206,7 +248,8 @@ static int evict_oldest(MDB_txn *txn, lmc_env *e, MDB_cursor *cur, const MDB_val
         return rc;
 stale:
     if (e->policy == LMC_POLICY_LRU) {
-        rc = mdb_del(txn, e->atime_dbi, (MDB_val *)v, NULL);
+        ak = atime_key(v->mv_data, v->mv_size, hbuf);
+        rc = mdb_del(txn, e->atime_dbi, &ak, NULL);
         if (rc != 0 && rc != MDB_NOTFOUND)
             return rc;
     }
@@ -303,7 +346,7 @@ done:
 
 int lmc_lru_flush(MDB_txn *txn, lmc_env *e)
 {
-    unsigned char *buf;
+    unsigned char *buf, hbuf[17];
     size_t len, pos, n;
     uint64_t seq;
     MDB_val k, v;
@@ -319,8 +362,7 @@ int lmc_lru_flush(MDB_txn *txn, lmc_env *e)
     for (pos = 0; rc == 0 && pos + 2 <= len; pos += 2 + n) {
         n = ((size_t)buf[pos] << 8) | buf[pos + 1];
         seq = lmc_evict_next_seq(e, txn);
-        k.mv_size = n;
-        k.mv_data = buf + pos + 2;
+        k = atime_key(buf + pos + 2, n, hbuf);
         v.mv_size = 8;
         v.mv_data = &seq;
         rc = mdb_put(txn, e->atime_dbi, &k, &v, 0);

@@ -1,10 +1,16 @@
 /*
  * lmdbcache.h -- internal declarations shared by the files of lmdbcache._core.
  *
- *   module.c  module state, exception types, the LMDB error table, fork generation
- *   env.c     Env: one MDB_env per directory per process, txn discipline, map growth
- *   codec.c   key and value encodings (the on-disk format), pickle via module state
- *   store.c   the Store type (the mapping) and its iterator type
+ *   module.c      module state, exception types, the one error table, fork generation
+ *   env.c         Env: registry and lifetime, txn begin, reads, writes, map growth
+ *   durability.c  guard.lock, the torn-file guard and the `unsynced` marker
+ *   namespace.c   the table of open namespaces (sub-databases) of an Env
+ *   codec.c       key and value encodings (the on-disk format), record lookup
+ *   evict.c       size_limit: eviction index, LRS/LRU culling
+ *   txnops.c      every lmc_write_fn callback: runs without the GIL, no Py* call
+ *   store.c       the Store type: construction, slots, single-key methods
+ *   batch.c       multi-key methods, scans, transactions, introspection
+ *   iter.c        the iterator over keys, values or items
  *
  * Everything here runs with the GIL held unless a comment says otherwise.
  */
@@ -34,6 +40,8 @@
 #define LMC_RECORD_VERSION 1
 /* LMDB's default MDB_MAXKEYSIZE; checked against the library at open. */
 #define LMC_MAX_KEY 511
+/* Longest namespace name, in UTF-8 bytes (enforced in store.c). */
+#define LMC_MAX_NS 200
 /* Name of the metadata sub-database.  Its first byte, '_', sorts below every
  * key tag, so sub-database records in the main DB come before all user keys. */
 #define LMC_META_DB "__meta__"
@@ -91,6 +99,7 @@ typedef struct {
     PyObject *protocol; /* int 5 */
     PyTypeObject *StoreType;
     PyTypeObject *IterType;
+    PyTypeObject *TxnType;
 } lmc_state;
 
 extern PyModuleDef lmc_module_def;
@@ -99,8 +108,13 @@ extern PyModuleDef lmc_module_def;
  * An Env opened under another value belongs to an ancestor process. */
 extern unsigned long lmc_fork_generation;
 
-/* Raise the exception mapped to an LMDB or errno code, naming op and path. */
+struct lmc_env;
+
+/* Raise the exception mapped to an LMDB, errno or LMC_ERR_* code, naming op and
+ * path (the one error table, module.c). */
 void lmc_raise(lmc_state *st, int rc, const char *op, const char *path);
+/* The same, with what the Env knows (its size_limit) in the message. */
+void lmc_raise_env(lmc_state *st, int rc, const char *op, const struct lmc_env *e);
 /* Raise type(fmt % ...) with the current exception as its __cause__. */
 void lmc_raise_from(PyObject *type, const char *fmt, ...);
 
@@ -119,8 +133,13 @@ typedef struct {
 #define LMC_POLICY_LRS 1   /* evict least recently stored */
 #define LMC_POLICY_LRU 2   /* evict least recently used */
 
+#define LMC_ENV_OPENING 0 /* in the registry, mdb_env_open in progress */
+#define LMC_ENV_OPEN 1
+#define LMC_ENV_CLOSING 2 /* in the registry until mdb_env_close has returned */
+
 typedef struct lmc_env {
     MDB_env *env;
+    int state;             /* LMC_ENV_*: openers of the same path wait unless OPEN */
     MDB_dbi main_dbi;      /* the default namespace lives in the main DB */
     MDB_dbi meta_dbi;
     MDB_txn *rtxn;         /* reusable read txn, reset between uses; NULL = none */
@@ -166,8 +185,10 @@ typedef struct lmc_env {
     int wtxn_failed;
     size_t wtxn_added;     /* bytes hinted by writes inside it (disk reserve) */
 
-    int marker;            /* this Env saw to the durability marker */
+    int marker;            /* this Env created or shares the durability marker */
     char *marker_path;
+    char *torn_to;         /* set by the guard when it moved a torn file aside */
+    char *torn_boot;
 } lmc_env;
 
 static inline int lmc_env_evicts(const lmc_env *e)
@@ -196,8 +217,9 @@ typedef struct {
     int policy;        /* LMC_POLICY_* */
     int readonly;
     int sync;          /* 1 = fsync per commit (durability="full") */
-    const char *boot_id; /* non-NULL: keep the durability marker (NOSYNC only) */
+    const char *boot_id; /* this boot (NULL: unknown, the guard is off) */
     unsigned int max_readers;
+    double timeout;    /* seconds an open may wait for another process's guard.lock */
 } lmc_options;
 
 /* Return a new reference to the Env for path (opening it if this process has
@@ -210,6 +232,12 @@ static inline int lmc_env_is_current(const lmc_env *e)
 {
     return e->generation == lmc_fork_generation;
 }
+
+/* One txn begin for every site: retries MDB_MAP_RESIZED (adopting the new map
+ * size) and MDB_READERS_FULL (reclaiming dead readers' slots).  `save`: NULL
+ * when called with the GIL held and without write_lock; else the thread state
+ * saved by Py_BEGIN_ALLOW_THREADS of a caller holding write_lock. */
+int lmc_env_begin(lmc_env *e, unsigned int flags, MDB_txn **txn, PyThreadState **save);
 
 /* Read transactions: GIL held from begin to end, no Python code in between. */
 int lmc_read_begin(lmc_env *e, MDB_txn **txn);
@@ -235,18 +263,48 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
 #define LMC_ERR_TXN_FAILED (-1003) /* an earlier operation in the transaction failed */
 #define LMC_ERR_NO_TXN (-1004)     /* no transaction of this thread is open */
 #define LMC_ERR_TOO_BIG (-1005)    /* a write larger than size_limit allows */
+#define LMC_ERR_CORRUPT (-1006)    /* a record failed validation (read-modify-write) */
+#define LMC_ERR_NS_MISSING (-1007) /* the namespace does not exist (read-only open) */
+#define LMC_ERR_TIMEOUT (-1008)    /* another process held guard.lock too long */
 #define LMC_IS_LOGICAL(rc) ((rc) <= -1001 && (rc) >= -1099)
 
 /* Number of user keys in the DB (the main DB holds sub-database records too). */
 int lmc_env_count(lmc_env *e, MDB_txn *txn, MDB_dbi dbi, size_t *count);
 
+/* ---- namespaces (namespace.c) ----------------------------------------------- */
+
 /* The dbi of namespace `name` (user name, "" = default), opening (and with
  * create, creating) it.  Returns an LMDB code; MDB_NOTFOUND when absent and
- * not created.  GIL held. */
+ * not created.  GIL held, caller holds a reference on e. */
 int lmc_env_namespace(lmc_env *e, const char *name, int create, MDB_dbi *dbi);
 /* Look a sub-database name up among the open namespaces, opening it in txn
  * when unknown (a pending entry).  write_lock held. */
 int lmc_env_ns_dbi(lmc_env *e, MDB_txn *txn, const char *dbname, MDB_dbi *dbi);
+/* Drop (abort) or keep (commit) the namespaces opened by the txn that ended. */
+/* The same for a name given in full, with create; write_lock held. */
+int lmc_ns_open_in(lmc_env *e, MDB_txn *txn, const char *dbname, int create, MDB_dbi *dbi);
+void lmc_ns_settle(lmc_env *e, int committed);
+void lmc_ns_free(lmc_env *e);
+typedef struct {
+    const char *dbname;
+    int create;
+    MDB_dbi dbi;
+} lmc_ns_arg;
+int lmc_ns_open_fn(MDB_txn *txn, lmc_env *e, void *arg);
+
+/* ---- durability guard (durability.c) ------------------------------------------ */
+
+/* Before mdb_env_open: take guard.lock (writable opens; waits up to
+ * opt->timeout with the GIL released), then refuse or move aside a data file
+ * that the `unsynced` marker says an OS crash may have torn.  *lock_fd is -1
+ * when no lock was taken.  -1 with an exception. */
+int lmc_guard_enter(lmc_state *st, lmc_env *e, const lmc_options *opt, int *lock_fd);
+void lmc_guard_leave(int lock_fd);
+/* After the Env holds its reader slot: create the marker (atomically). */
+int lmc_marker_create(lmc_state *st, lmc_env *e, const lmc_options *opt);
+/* Last close in this process: flush, and drop the marker if no other process
+ * has the cache open.  GIL held; releases it. */
+void lmc_marker_release(lmc_env *e);
 
 /* Explicit transactions (GIL held). */
 int lmc_env_txn_begin(lmc_env *e);
@@ -283,7 +341,9 @@ void lmc_evict_free(lmc_env *e);
  * when that is a digest. */
 typedef struct {
     MDB_val val;
-    PyObject *full;
+    PyObject *full;       /* owner of full_data */
+    const char *full_data; /* the full encoding of a digested key, else NULL */
+    size_t full_len;
 } lmc_kref;
 
 /* An encoded key with its own storage, for single-key operations. */
@@ -352,6 +412,16 @@ typedef struct {
 
 /* Validate and parse without the GIL: NULL, or why the bytes are bad. */
 const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec);
+
+/* The one record lookup: what `key` holds in dbi.  Returns 0 and sets *status,
+ * or an LMDB code (never MDB_NOTFOUND).  For LMC_CORRUPT, *why says what is
+ * wrong.  Runs without the GIL; no Py* call. */
+#define LMC_LIVE 0
+#define LMC_ABSENT 1   /* no record, or one of another key with the same digest */
+#define LMC_EXPIRED 2
+#define LMC_CORRUPT 3
+int lmc_lookup(MDB_txn *txn, MDB_dbi dbi, const lmc_kref *key, lmc_record *rec,
+               int *status, const char **why);
 /* Validate and parse; returns -1 with CorruptError set on bad bytes. */
 int lmc_record_parse(lmc_state *st, const char *p, size_t n, lmc_record *rec,
                      const char *path);
@@ -364,9 +434,131 @@ PyObject *lmc_record_take(const lmc_record *rec, int *pickled);
 /* Phase 2, after the txn ended: unpickle a copied payload (steals ref). */
 PyObject *lmc_value_finish(lmc_state *st, PyObject *obj, int pickled, const char *path);
 
-/* ---- store (store.c) ------------------------------------------------------- */
+/* ---- store (store.c, batch.c, iter.c) ----------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    lmc_state *state;
+    lmc_env *env;     /* the Store's own reference; NULL when closed */
+    MDB_dbi dbi;      /* this namespace's sub-database in env */
+    unsigned int ns_epoch; /* env->ns_epoch when dbi was looked up */
+    char *path;       /* absolute directory path (filesystem encoding) */
+    char *ns;         /* namespace name, "" = default */
+    char *dbname;     /* LMDB sub-database name, "" = main DB */
+    char *boot_id;    /* this boot, or NULL */
+    double ttl;       /* default time-to-live in seconds, 0 = none */
+    lmc_options opt;
+    unsigned long long hits, misses, sets, deletes, evictions, expirations;
+} StoreObject;
+
+/* THE RULE: every Store entry point calls lmc_store_enter first and
+ * lmc_store_leave on every way out.  Enter returns a new reference on the
+ * Store's current Env (reopening it when closed, inherited across fork, or
+ * when its namespace handle went stale) and the namespace's dbi, or NULL with
+ * an exception.  Between the two, user code (__hash__, __reduce__,
+ * __setstate__, finalizers) and other threads may close the Store: the Env
+ * stays alive for the call. */
+lmc_env *lmc_store_enter(StoreObject *self, MDB_dbi *dbi);
+static inline void lmc_store_leave(lmc_env *e)
+{
+    lmc_env_release(e);
+}
+int lmc_store_check_writable(StoreObject *self);
+void lmc_store_count(StoreObject *self, const lmc_evict_counts *c);
+int lmc_parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                   const char *fname, const char *const *names, int nreq, int nmax,
+                   PyObject **out);
+int lmc_parse_ttl(StoreObject *self, PyObject *ttl, double *expires);
+/* Store n pairs in one txn (PUT_ADD: n == 1, returns 1 if added, 0 if
+ * present); -1 with an exception, nothing stored. */
+#define LMC_PUT_OVERWRITE 0
+#define LMC_PUT_ADD 1
+int lmc_store_put(StoreObject *self, PyObject *const *keys, PyObject *const *values,
+                  Py_ssize_t n, double expires, int mode);
+/* Delete keys; the number deleted or -1 with an exception.  With old: the
+ * single removed record (malloc'd; caller frees). */
+Py_ssize_t lmc_store_remove(StoreObject *self, PyObject *const *keys, Py_ssize_t n,
+                            char **old, size_t *old_len);
+/* Strong references to the items of an iterable (never borrowed storage
+ * across user code).  -1 with an exception; lmc_objs_free after success. */
+int lmc_objs_from(PyObject *iterable, const char *what, PyObject ***out, Py_ssize_t *n);
+void lmc_objs_free(PyObject **objs, Py_ssize_t n);
+
+/* batch.c */
+PyObject *lmc_store_get_many(StoreObject *self, PyObject *keys);
+PyObject *lmc_store_set_many(StoreObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lmc_store_delete_many(StoreObject *self, PyObject *keys);
+PyObject *lmc_store_clear(StoreObject *self, PyObject *unused);
+PyObject *lmc_store_expire(StoreObject *self, PyObject *unused);
+PyObject *lmc_store_prefix_count(StoreObject *self, PyObject *prefix);
+PyObject *lmc_store_prefix_delete(StoreObject *self, PyObject *prefix);
+PyObject *lmc_store_transaction(StoreObject *self, PyObject *unused);
+PyObject *lmc_store_txn_begin(StoreObject *self, PyObject *unused);
+PyObject *lmc_store_txn_end(StoreObject *self, PyObject *commit);
+PyObject *lmc_store_in_txn(StoreObject *self, PyObject *unused);
+PyObject *lmc_store_sync(StoreObject *self, PyObject *unused);
+PyObject *lmc_store_stats(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames);
+PyObject *lmc_store_env_info(StoreObject *self, PyObject *unused);
+/* iter.c */
+PyObject *lmc_store_iter(StoreObject *self);
+PyObject *lmc_store_iter_mode(StoreObject *self, PyObject *arg);
+
+/* ---- write callbacks (txnops.c: no GIL, no Py* call) ----------------------- */
+
+typedef struct {
+    MDB_dbi dbi;
+    const char *dbname;
+    Py_ssize_t n;        /* number of records */
+    lmc_kref *keys;
+    lmc_value *vals;
+    int mode;            /* LMC_PUT_* */
+    int added;           /* LMC_PUT_ADD: stored? */
+} lmc_put_arg;
+int lmc_put_fn(MDB_txn *txn, lmc_env *e, void *arg);
+
+typedef struct {
+    MDB_dbi dbi;
+    Py_ssize_t n;
+    lmc_kref *keys;
+    Py_ssize_t deleted;
+    int want_old;        /* pop: copy the removed record out (malloc) */
+    char *old;
+    size_t old_len;
+} lmc_del_arg;
+int lmc_del_fn(MDB_txn *txn, lmc_env *e, void *arg);
+
+typedef struct {
+    MDB_dbi dbi;
+    const char *dbname;
+    lmc_kref *key;
+    long long delta, dflt, result;
+    double expires;      /* incr: expiry of a new record; touch: the new expiry */
+    int found;           /* touch: was the key present */
+} lmc_rmw_arg;
+int lmc_incr_fn(MDB_txn *txn, lmc_env *e, void *arg);
+int lmc_touch_fn(MDB_txn *txn, lmc_env *e, void *arg);
+
+typedef struct {
+    MDB_dbi dbi;
+    int is_main;
+    size_t removed;
+} lmc_scan_arg;
+int lmc_expire_fn(MDB_txn *txn, lmc_env *e, void *arg);
+int lmc_clear_fn(MDB_txn *txn, lmc_env *e, void *arg);
+
+typedef struct {
+    MDB_dbi dbi;
+    MDB_val prefix;
+    int delete;
+    size_t count;
+} lmc_prefix_arg;
+int lmc_prefix_scan(MDB_txn *txn, lmc_prefix_arg *a);
+int lmc_prefix_fn(MDB_txn *txn, lmc_env *e, void *arg);
+int lmc_noop_fn(MDB_txn *txn, lmc_env *e, void *arg);
 
 extern PyType_Spec lmc_store_spec;
 extern PyType_Spec lmc_iter_spec;
+extern PyType_Spec lmc_txn_spec;
 
 #endif /* LMDBCACHE_H */

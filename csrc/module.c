@@ -20,66 +20,136 @@ static void lmc_atfork_child(void)
     lmc_env_forget_all();
 }
 
-/* ---- errors ---------------------------------------------------------------- */
+/* ---- errors ----------------------------------------------------------------
+ * The one error table.  lmc_exc_specs creates the exception types (module
+ * state holds them by index); lmc_error_table maps every code -- LMDB's, our
+ * LMC_ERR_* and the errnos we treat specially -- to a type and, for our own
+ * codes, the message.  Other errnos become the matching OSError subclass. */
 
-enum { EXC_ERROR, EXC_MAPFULL, EXC_READONLY, EXC_CORRUPT, EXC_LOCK, EXC_FORMAT };
+enum { EXC_ERROR, EXC_MAPFULL, EXC_READONLY, EXC_CORRUPT, EXC_LOCK, EXC_FORMAT, EXC_N };
+
+static const struct {
+    const char *name;
+    const char *doc;
+    int base; /* -1: Exception */
+} lmc_exc_specs[EXC_N] = {
+    [EXC_ERROR] = {"Error", "Base class of lmdbcache errors.", -1},
+    [EXC_MAPFULL] = {"MapFullError", "The cache reached its size_limit.", EXC_ERROR},
+    [EXC_READONLY] = {"ReadOnlyError", "A write to a cache opened read-only.", EXC_ERROR},
+    [EXC_CORRUPT] = {"CorruptError", "Stored bytes failed validation.", EXC_ERROR},
+    [EXC_LOCK] = {"LockError", "The LMDB lock or reader table is unusable, or a wait for "
+                               "another process's lock timed out.", EXC_ERROR},
+    [EXC_FORMAT] = {"FormatError",
+                    "The directory holds no cache of a format this version reads.", EXC_ERROR},
+};
+
+static PyObject **exc_slot(lmc_state *st, int exc)
+{
+    switch (exc) {
+    case EXC_MAPFULL: return &st->MapFullError;
+    case EXC_READONLY: return &st->ReadOnlyError;
+    case EXC_CORRUPT: return &st->CorruptError;
+    case EXC_LOCK: return &st->LockError;
+    case EXC_FORMAT: return &st->FormatError;
+    default: return &st->Error;
+    }
+}
 
 static const struct {
     int rc;
     int exc;
+    const char *msg; /* our own codes: the text after "cannot <op> in '<path>': " */
 } lmc_error_table[] = {
-    {MDB_MAP_FULL, EXC_MAPFULL},        {MDB_READERS_FULL, EXC_LOCK},
-    {MDB_BAD_RSLOT, EXC_LOCK},          {MDB_CORRUPTED, EXC_CORRUPT},
-    {MDB_PAGE_NOTFOUND, EXC_CORRUPT},   {MDB_INVALID, EXC_CORRUPT},
-    {MDB_PANIC, EXC_CORRUPT},           {MDB_VERSION_MISMATCH, EXC_FORMAT},
-    {MDB_INCOMPATIBLE, EXC_FORMAT},     {MDB_BAD_VALSIZE, EXC_ERROR},
-    {MDB_TXN_FULL, EXC_ERROR},          {MDB_CURSOR_FULL, EXC_ERROR},
-    {MDB_PAGE_FULL, EXC_CORRUPT},       {MDB_MAP_RESIZED, EXC_ERROR},
-    {MDB_DBS_FULL, EXC_ERROR},          {MDB_TLS_FULL, EXC_ERROR},
-    {MDB_BAD_TXN, EXC_ERROR},           {MDB_BAD_DBI, EXC_ERROR},
-    {EROFS, EXC_READONLY},
+    {MDB_MAP_FULL, EXC_MAPFULL, NULL},
+    {MDB_READERS_FULL, EXC_LOCK, NULL},
+    {MDB_BAD_RSLOT, EXC_LOCK, NULL},
+    {MDB_CORRUPTED, EXC_CORRUPT, NULL},
+    {MDB_PAGE_NOTFOUND, EXC_CORRUPT, NULL},
+    {MDB_INVALID, EXC_CORRUPT, NULL},
+    {MDB_PANIC, EXC_CORRUPT, NULL},
+    {MDB_VERSION_MISMATCH, EXC_FORMAT, NULL},
+    {MDB_INCOMPATIBLE, EXC_FORMAT, NULL},
+    {MDB_BAD_VALSIZE, EXC_ERROR, NULL},
+    {MDB_TXN_FULL, EXC_ERROR, NULL},
+    {MDB_CURSOR_FULL, EXC_ERROR, NULL},
+    {MDB_PAGE_FULL, EXC_CORRUPT, NULL},
+    {MDB_MAP_RESIZED, EXC_ERROR, NULL},
+    {MDB_DBS_FULL, EXC_ERROR, NULL},
+    {MDB_TLS_FULL, EXC_ERROR, NULL},
+    {MDB_BAD_TXN, EXC_ERROR, NULL},
+    {MDB_BAD_DBI, EXC_ERROR, NULL},
+    {EROFS, EXC_READONLY, NULL},
+    {LMC_ERR_TXN_FAILED, EXC_ERROR,
+     "an earlier operation of this transaction failed, so it will be rolled back"},
+    {LMC_ERR_TOO_BIG, EXC_MAPFULL, "the data written is too large for the cache's size_limit"},
+    {LMC_ERR_NO_TXN, EXC_ERROR,
+     "no transaction of this thread is open (was it started in another thread or before a "
+     "fork?)"},
+    {LMC_ERR_CORRUPT, EXC_CORRUPT, "the stored record is corrupt"},
+    {LMC_ERR_NS_MISSING, EXC_ERROR, "the namespace does not exist"},
+    {LMC_ERR_TIMEOUT, EXC_LOCK,
+     "timed out waiting for another process's lock on guard.lock (see the timeout option)"},
 };
+
+static void raise_os(int rc, const char *op, const char *path)
+{
+    /* A system errno: the matching OSError subclass (PermissionError,
+     * FileNotFoundError, ...), with the path as its filename. */
+    PyObject *args = Py_BuildValue("(isz)", rc, strerror(rc), path);
+    PyObject *err = NULL, *msg = NULL;
+
+    if (args == NULL)
+        return;
+    err = PyObject_Call(PyExc_OSError, args, NULL);
+    if (err == NULL)
+        goto done;
+    msg = PyUnicode_FromFormat("%s: %s", op, strerror(rc));
+    if (msg == NULL || PyObject_SetAttrString(err, "strerror", msg) < 0)
+        goto done;
+    PyErr_SetObject((PyObject *)Py_TYPE(err), err);
+done:
+    Py_XDECREF(msg);
+    Py_XDECREF(err);
+    Py_DECREF(args);
+}
+
+static void raise_code(lmc_state *st, int rc, const char *op, const char *path,
+                       size_t size_limit)
+{
+    size_t i, n = sizeof(lmc_error_table) / sizeof(lmc_error_table[0]);
+
+    if (path == NULL)
+        path = "?";
+    for (i = 0; i < n && lmc_error_table[i].rc != rc; i++)
+        ;
+    if (i == n && rc > 0) {
+        raise_os(rc, op, path);
+        return;
+    }
+    if (i == n) {
+        PyErr_Format(st->Error, "cannot %s in '%s': %s", op, path, mdb_strerror(rc));
+        return;
+    }
+    if (rc == MDB_MAP_FULL && size_limit != 0)
+        PyErr_Format(st->MapFullError,
+                     "cannot %s in '%s': the cache reached its size_limit of %zu bytes "
+                     "(delete entries or raise size_limit)", op, path, size_limit);
+    else if (lmc_error_table[i].msg != NULL)
+        PyErr_Format(*exc_slot(st, lmc_error_table[i].exc), "cannot %s in '%s': %s", op, path,
+                     lmc_error_table[i].msg);
+    else
+        PyErr_Format(*exc_slot(st, lmc_error_table[i].exc), "cannot %s in '%s': %s", op, path,
+                     mdb_strerror(rc));
+}
 
 void lmc_raise(lmc_state *st, int rc, const char *op, const char *path)
 {
-    PyObject *exc = NULL;
-    size_t i;
+    raise_code(st, rc, op, path, 0);
+}
 
-    for (i = 0; i < sizeof(lmc_error_table) / sizeof(lmc_error_table[0]); i++) {
-        if (lmc_error_table[i].rc == rc) {
-            switch (lmc_error_table[i].exc) {
-            case EXC_MAPFULL: exc = st->MapFullError; break;
-            case EXC_READONLY: exc = st->ReadOnlyError; break;
-            case EXC_CORRUPT: exc = st->CorruptError; break;
-            case EXC_LOCK: exc = st->LockError; break;
-            case EXC_FORMAT: exc = st->FormatError; break;
-            default: exc = st->Error; break;
-            }
-            break;
-        }
-    }
-    if (exc == NULL && rc > 0) {
-        /* A system errno: the matching OSError subclass (PermissionError,
-         * FileNotFoundError, ...), with the path as its filename. */
-        PyObject *args = Py_BuildValue("(isz)", rc, strerror(rc), path);
-        if (args != NULL) {
-            PyObject *err = PyObject_Call(PyExc_OSError, args, NULL);
-            Py_DECREF(args);
-            if (err != NULL) {
-                PyObject *msg = PyUnicode_FromFormat("%s: %s", op, strerror(rc));
-                if (msg != NULL) {
-                    PyObject_SetAttrString(err, "strerror", msg);
-                    Py_DECREF(msg);
-                }
-                PyErr_SetObject((PyObject *)Py_TYPE(err), err);
-                Py_DECREF(err);
-            }
-        }
-        return;
-    }
-    if (exc == NULL)
-        exc = st->Error;
-    PyErr_Format(exc, "%s failed on '%s': %s", op, path ? path : "?", mdb_strerror(rc));
+void lmc_raise_env(lmc_state *st, int rc, const char *op, const lmc_env *e)
+{
+    raise_code(st, rc, op, e->path, e->size_limit);
 }
 
 void lmc_raise_from(PyObject *type, const char *fmt, ...)
@@ -157,7 +227,7 @@ static int module_exec(PyObject *mod)
     static int atfork_registered = 0;
     lmc_state *st = PyModule_GetState(mod);
     PyObject *pickle = NULL, *hashlib = NULL;
-    int major, minor, patch;
+    int major, minor, patch, i;
 
     mdb_version(&major, &minor, &patch);
     if (major != MDB_VERSION_MAJOR || minor != MDB_VERSION_MINOR) {
@@ -166,20 +236,12 @@ static int module_exec(PyObject *mod)
                      MDB_VERSION_MAJOR, MDB_VERSION_MINOR, major, minor);
         goto error;
     }
-    if (add_exception(mod, &st->Error, "Error",
-                      "Base class of lmdbcache errors.", NULL) < 0 ||
-        add_exception(mod, &st->MapFullError, "MapFullError",
-                      "The cache reached its size_limit.", st->Error) < 0 ||
-        add_exception(mod, &st->ReadOnlyError, "ReadOnlyError",
-                      "A write to a cache opened read-only.", st->Error) < 0 ||
-        add_exception(mod, &st->CorruptError, "CorruptError",
-                      "Stored bytes failed validation.", st->Error) < 0 ||
-        add_exception(mod, &st->LockError, "LockError",
-                      "The LMDB lock or reader table is unusable.", st->Error) < 0 ||
-        add_exception(mod, &st->FormatError, "FormatError",
-                      "The directory holds no cache of a format this version reads.",
-                      st->Error) < 0)
-        goto error;
+    for (i = 0; i < EXC_N; i++) {
+        PyObject *base = lmc_exc_specs[i].base < 0 ? NULL : *exc_slot(st, lmc_exc_specs[i].base);
+        if (add_exception(mod, exc_slot(st, i), lmc_exc_specs[i].name, lmc_exc_specs[i].doc,
+                          base) < 0)
+            goto error;
+    }
 
     pickle = PyImport_ImportModule("pickle");
     if (pickle == NULL)
@@ -203,8 +265,12 @@ static int module_exec(PyObject *mod)
     st->IterType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &lmc_iter_spec, NULL);
     if (st->IterType == NULL || PyModule_AddType(mod, st->IterType) < 0)
         goto error;
+    st->TxnType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &lmc_txn_spec, NULL);
+    if (st->TxnType == NULL || PyModule_AddType(mod, st->TxnType) < 0)
+        goto error;
     if (PyModule_AddIntConstant(mod, "FORMAT_VERSION", LMC_FORMAT_VERSION) < 0 ||
-        PyModule_AddIntConstant(mod, "MAX_KEY_SIZE", LMC_MAX_KEY) < 0)
+        PyModule_AddIntConstant(mod, "MAX_KEY_SIZE", LMC_MAX_KEY) < 0 ||
+        PyModule_AddIntConstant(mod, "MAX_NAMESPACE_BYTES", LMC_MAX_NS) < 0)
         goto error;
 
     if (!atfork_registered) {
@@ -240,6 +306,7 @@ static int module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->protocol);
     Py_VISIT(st->StoreType);
     Py_VISIT(st->IterType);
+    Py_VISIT(st->TxnType);
     return 0;
 }
 
@@ -259,6 +326,7 @@ static int module_clear(PyObject *mod)
     Py_CLEAR(st->protocol);
     Py_CLEAR(st->StoreType);
     Py_CLEAR(st->IterType);
+    Py_CLEAR(st->TxnType);
     return 0;
 }
 

@@ -4,12 +4,8 @@ operation is a slot or method of the C base class Store."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import math
 import os
-import time
-import warnings
 from collections.abc import ItemsView, Iterable, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, Iterator
 
@@ -100,44 +96,6 @@ def boot_id() -> str | None:
         return None
 
 
-def _guard(path: str, readonly: bool, current: str | None) -> None:
-    """Refuse a data file that an OS crash may have torn.
-
-    ``<path>/unsynced`` exists while some process may hold commits that are
-    not on disk yet (durability="process"), and names the boot it was written
-    in.  If it names another boot, the machine went down with unsynced writes:
-    the data file is moved aside to ``<path>/torn-<time>/`` and the cache
-    starts empty.  Called holding an flock on ``<path>/guard.lock``.
-    """
-    marker = os.path.join(path, "unsynced")
-    try:
-        with open(marker) as f:
-            written = f.read().strip()
-    except FileNotFoundError:
-        return
-    if current is None or written == current:
-        return
-    if readonly:
-        raise _core.CorruptError(
-            f"the cache in {path!r} may be torn: the machine went down while it held "
-            "unsynced writes; open it once with readonly=False to discard it"
-        )
-    aside = os.path.join(path, "torn-" + time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(aside, exist_ok=True)
-    for name in ("data.mdb", "lock.mdb"):
-        src = os.path.join(path, name)
-        if os.path.exists(src):
-            os.replace(src, os.path.join(aside, name))
-    os.remove(marker)
-    warnings.warn(
-        f"lmdbcache: the cache in {path!r} was not synced before the machine went down "
-        f"(boot {written}), so its file may be torn; it was moved to {aside!r} and the "
-        "cache starts empty",
-        RuntimeWarning,
-        stacklevel=4,
-    )
-
-
 class Cache(_core.Store, MutableMapping):
     """A persistent cache in the directory *path*, shared by processes and threads.
 
@@ -176,6 +134,9 @@ class Cache(_core.Store, MutableMapping):
         process.  After an OS crash or power loss the cache detects that it may be
         torn, moves the file aside and starts empty (with a warning).
         ``"full"``: every write is flushed to disk before it returns (fsync).
+    timeout
+        Seconds an open waits for another process that holds the cache's
+        ``guard.lock`` (default 60) before raising :class:`LockError`.
     max_readers
         Size of LMDB's reader table (default 1024): how many processes and
         threads may read at once.  Slots of killed processes are reclaimed.
@@ -200,6 +161,7 @@ class Cache(_core.Store, MutableMapping):
         durability: str = "process",
         max_readers: int = 1024,
         namespace: str | None = None,
+        timeout: float = 60.0,
     ) -> None:
         path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         map_size = _positive_int("map_size", map_size)
@@ -217,6 +179,10 @@ class Cache(_core.Store, MutableMapping):
             raise ValueError(f"durability must be 'process' or 'full', got {durability!r}")
         if namespace is not None:
             namespace = _check_namespace(namespace)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+        if not timeout >= 0 or math.isinf(timeout):
+            raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
         readonly = bool(readonly)
         if os.path.exists(path) and not os.path.isdir(path):
             raise NotADirectoryError(f"cache path {path!r} exists and is not a directory")
@@ -231,8 +197,8 @@ class Cache(_core.Store, MutableMapping):
             "durability": durability,
             "max_readers": max_readers,
             "namespace": namespace,
+            "timeout": timeout,
         }
-        boot = boot_id()
         kwargs = dict(
             map_size=map_size,
             size_limit=size_limit or 0,
@@ -242,16 +208,12 @@ class Cache(_core.Store, MutableMapping):
             namespace=namespace or "",
             ttl=ttl or 0.0,
             eviction_policy=_POLICIES[eviction_policy],
-            boot_id=boot if durability == "process" and not readonly else None,
+            boot_id=boot_id(),
+            timeout=timeout,
         )
-        if readonly or not os.access(path, os.W_OK):
-            _guard(path, True, boot)
-            super().__init__(path, **kwargs)
-            return
-        with open(os.path.join(path, "guard.lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            _guard(path, False, boot)
-            super().__init__(path, **kwargs)
+        # The C core runs the torn-file guard (under guard.lock) on every open
+        # of the environment, including a lazy reopen after close().
+        super().__init__(path, **kwargs)
 
     # -- options and identity -------------------------------------------------
 
@@ -358,22 +320,17 @@ class Cache(_core.Store, MutableMapping):
             raise TypeError(f"delta must be an int, not {type(delta).__name__}")
         return self.incr(key, -delta, default)
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator["Cache"]:
+    def transaction(self) -> Any:
         """``with cache.transaction():`` — every write inside commits together, or
         none does if the block raises.  Reads inside see the transaction's writes.
 
         The transaction belongs to the calling thread and holds the cache's write
         lock until it ends: other writers (threads and processes) wait.  It covers
         every namespace of the file.  Nested blocks join the outer transaction.
+        The context manager is implemented in C, so an asynchronous exception
+        (``KeyboardInterrupt`` from a signal) cannot leave it half-open.
         """
-        self._txn_begin()
-        try:
-            yield self
-        except BaseException:
-            self._txn_end(False)
-            raise
-        self._txn_end(True)
+        return _core.Store.transaction(self)
 
     def info(self) -> dict:
         """Facts about the cache: entries, bytes, map size, readers, path, options."""

@@ -1,0 +1,291 @@
+/*
+ * durability.c -- guard.lock, the torn-file guard and the `unsynced` marker.
+ *
+ * With durability="process" (MDB_NOSYNC|MDB_WRITEMAP) an OS crash can tear
+ * the data file.  While any process may hold unsynced commits, <dir>/unsynced
+ * holds the boot id of the boot they were made in.  An opener that finds a
+ * marker naming another boot knows the machine went down with unsynced
+ * writes: it moves data.mdb and lock.mdb aside to <dir>/torn-<time>/ and the
+ * cache starts empty (a read-only opener raises CorruptError instead).
+ *
+ * Ordering:
+ *  - every writable open runs the guard and creates its marker holding an
+ *    exclusive flock on <dir>/guard.lock, so no opener can move a file aside
+ *    under another that is opening it;
+ *  - the marker is created and removed under LMDB's writer lock, and an Env
+ *    takes its reader slot before creating it, so the last closer (which
+ *    sees no other process in the reader table) cannot remove a marker
+ *    another opener relies on;
+ *  - the marker is written to a temporary file and linked into place, so it
+ *    exists only with its whole content: a process killed half-way leaves no
+ *    marker or a complete one.  A marker that is empty, unreadable or not a
+ *    boot id is never taken as proof of an OS crash; it is replaced.
+ */
+#include "lmdbcache.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MARKER_MAX 128
+
+static char *join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = PyMem_RawMalloc(n);
+    if (p != NULL)
+        PyOS_snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Take an exclusive flock on fd, waiting up to timeout seconds with the GIL
+ * released.  0, LMC_ERR_TIMEOUT or an errno. */
+static int lock_wait(int fd, double timeout)
+{
+    double deadline = lmc_now() + timeout;
+    int rc = 0;
+
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            rc = 0;
+            break;
+        }
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            rc = errno;
+            break;
+        }
+        if (lmc_now() >= deadline) {
+            rc = LMC_ERR_TIMEOUT;
+            break;
+        }
+        sleep_ms(5);
+    }
+    Py_END_ALLOW_THREADS
+    return rc;
+}
+
+/* Read the marker: 1 and the boot id in buf when it holds one, 0 when it is
+ * absent or holds no valid boot id (empty, unreadable, binary). */
+static int marker_read(const char *path, char *buf, size_t size)
+{
+    ssize_t n;
+    size_t i;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+
+    if (fd < 0)
+        return 0;
+    n = read(fd, buf, size - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+        n--;
+    buf[n] = '\0';
+    if (n == 0)
+        return 0;
+    for (i = 0; i < (size_t)n; i++) {
+        if (buf[i] < 0x21 || buf[i] > 0x7e)
+            return 0;
+    }
+    return 1;
+}
+
+/* Move data.mdb and lock.mdb to a new torn-<time> directory. */
+static int move_aside(lmc_env *e, char **to)
+{
+    char stamp[64], *dir = NULL, *src = NULL, *dst = NULL;
+    static const char *const names[] = {"data.mdb", "lock.mdb"};
+    struct tm tm;
+    time_t now = time(NULL);
+    int i, rc = 0;
+
+    localtime_r(&now, &tm);
+    for (i = 0; i < 100; i++) {
+        size_t n = strftime(stamp, sizeof(stamp), "torn-%Y%m%d-%H%M%S", &tm);
+        if (i > 0)
+            PyOS_snprintf(stamp + n, sizeof(stamp) - n, "-%d", i);
+        PyMem_RawFree(dir);
+        dir = join(e->path, stamp);
+        if (dir == NULL)
+            return ENOMEM;
+        if (mkdir(dir, 0700) == 0)
+            break;
+        if (errno != EEXIST) {
+            rc = errno;
+            goto done;
+        }
+    }
+    for (i = 0; i < 2 && rc == 0; i++) {
+        src = join(e->path, names[i]);
+        dst = join(dir, names[i]);
+        if (src == NULL || dst == NULL)
+            rc = ENOMEM;
+        else if (rename(src, dst) != 0 && errno != ENOENT)
+            rc = errno;
+        PyMem_RawFree(src);
+        PyMem_RawFree(dst);
+        src = dst = NULL;
+    }
+done:
+    if (rc == 0)
+        *to = dir;
+    else
+        PyMem_RawFree(dir);
+    return rc;
+}
+
+int lmc_guard_enter(lmc_state *st, lmc_env *e, const lmc_options *opt, int *lock_fd)
+{
+    char written[MARKER_MAX], *guard = NULL, *marker = NULL;
+    const char *op = "open guard.lock";
+    int rc = 0, fd = -1, valid;
+
+    *lock_fd = -1;
+    guard = join(e->path, "guard.lock");
+    marker = join(e->path, "unsynced");
+    if (guard == NULL || marker == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    if (!opt->readonly) {
+        fd = open(guard, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0 && errno != EACCES && errno != EROFS && errno != EPERM) {
+            rc = errno;
+            goto lmdb_error;
+        }
+        if (fd >= 0 && (rc = lock_wait(fd, opt->timeout)) != 0) {
+            op = "lock guard.lock";
+            goto lmdb_error;
+        }
+    }
+    valid = marker_read(marker, written, sizeof(written));
+    if (!valid) {
+        /* absent, or not a boot id: no proof of anything; a new one is made */
+        if (fd >= 0)
+            unlink(marker);
+    }
+    else if (opt->boot_id != NULL && strcmp(written, opt->boot_id) != 0) {
+        if (fd < 0) {
+            PyErr_Format(st->CorruptError,
+                         "the cache in '%s' may be torn: the machine went down while it held "
+                         "unsynced writes; open it once with readonly=False to discard it",
+                         e->path);
+            goto error;
+        }
+        op = "move a torn cache aside";
+        if ((rc = move_aside(e, &e->torn_to)) != 0)
+            goto lmdb_error;
+        e->torn_boot = PyMem_RawMalloc(strlen(written) + 1);
+        if (e->torn_boot == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        strcpy(e->torn_boot, written);
+        if (unlink(marker) != 0 && errno != ENOENT) {
+            rc = errno;
+            goto lmdb_error;
+        }
+    }
+    PyMem_RawFree(guard);
+    PyMem_RawFree(marker);
+    *lock_fd = fd;
+    return 0;
+
+lmdb_error:
+    lmc_raise(st, rc, op, rc == LMC_ERR_TIMEOUT || fd < 0 ? guard : e->path);
+error:
+    if (fd >= 0)
+        close(fd);
+    PyMem_RawFree(guard);
+    PyMem_RawFree(marker);
+    return -1;
+}
+
+void lmc_guard_leave(int lock_fd)
+{
+    if (lock_fd >= 0)
+        close(lock_fd); /* drops the flock */
+}
+
+int lmc_marker_create(lmc_state *st, lmc_env *e, const lmc_options *opt)
+{
+    char tmpname[64], *tmp;
+    MDB_txn *txn;
+    size_t len = strlen(opt->boot_id);
+    int rc, fd;
+
+    e->marker_path = join(e->path, "unsynced");
+    PyOS_snprintf(tmpname, sizeof(tmpname), "unsynced.%ld.tmp", (long)getpid());
+    tmp = join(e->path, tmpname);
+    if (e->marker_path == NULL || tmp == NULL) {
+        PyMem_RawFree(tmp);
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&e->write_lock);
+    rc = lmc_env_begin(e, 0, &txn, &_save); /* LMDB's writer lock, across processes */
+    if (rc == 0) {
+        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+            rc = errno;
+        else {
+            errno = 0;
+            if (write(fd, opt->boot_id, len) != (ssize_t)len)
+                rc = errno ? errno : ENOSPC;
+            if (close(fd) != 0 && rc == 0)
+                rc = errno;
+            if (rc == 0 && link(tmp, e->marker_path) != 0 && errno != EEXIST)
+                rc = errno;
+            unlink(tmp);
+        }
+        mdb_txn_abort(txn);
+    }
+    pthread_mutex_unlock(&e->write_lock);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(tmp);
+    if (rc != 0) {
+        lmc_raise(st, rc, "write the durability marker", e->marker_path);
+        return -1;
+    }
+    e->marker = 1;
+    return 0;
+}
+
+static int count_other_readers(const char *msg, void *ctx)
+{
+    int pid;
+    if (sscanf(msg, "%d", &pid) == 1 && pid != (int)getpid())
+        (*(int *)ctx)++;
+    return 0;
+}
+
+void lmc_marker_release(lmc_env *e)
+{
+    MDB_txn *txn;
+    int rc, dead, others = 0;
+
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&e->write_lock);
+    rc = lmc_env_begin(e, 0, &txn, &_save);
+    if (rc == 0) {
+        if (mdb_env_sync(e->env, 1) == 0 && mdb_reader_check(e->env, &dead) == 0 &&
+            mdb_reader_list(e->env, count_other_readers, &others) >= 0 && others == 0)
+            unlink(e->marker_path);
+        mdb_txn_abort(txn);
+    }
+    pthread_mutex_unlock(&e->write_lock);
+    Py_END_ALLOW_THREADS
+}
