@@ -66,6 +66,14 @@ def step(*what):
 
 
 FAILURES = []
+JUNK = []
+
+
+def churn():
+    """Reuse freed memory: a use-after-free then reads 0xff bytes, which
+    crashes a release build too instead of passing silently."""
+    for size in range(8, 4200, 8):
+        JUNK.append(b"\xff" * size)
 
 
 def check(cond, *what):
@@ -299,6 +307,7 @@ ARMED = [False]
 def maybe_close(site):
     if ARMED[0] and where == site:
         CACHE.close()
+        churn()
 
 
 class Key:
@@ -328,10 +337,22 @@ class Value:
 
     def __setstate__(self, state):
         maybe_close("value-setstate")
+        if ARMED[0] and where == "value-setstate-raises":
+            # the first value unpickled closes the cache, the next ones fail:
+            # the error path after the close must not use the freed Env
+            CALLS[0] += 1
+            if CALLS[0] == 1:
+                CACHE.close()
+                churn()
+            else:
+                raise pickle.UnpicklingError("refused by __setstate__")
         self.payload = state["payload"]
 
     def __eq__(self, other):
         return isinstance(other, Value) and other.payload == self.payload
+
+
+CALLS = [0]
 
 
 def seed():
@@ -376,12 +397,14 @@ for name, fn in OPS:
     ARMED[0] = False
     seed()
     step(where, policy, name)
+    CALLS[0] = 0
     ARMED[0] = True
     try:
         fn()
     except Exception as exc:  # a normal exception is allowed; a crash is not
         step("  raised", repr(exc)[:200])
     ARMED[0] = False
+    JUNK.clear()
     check(not CACHE._in_txn(), name, ": a transaction is still open afterwards")
     try:
         CACHE["after"] = name
@@ -399,7 +422,9 @@ finish()
 
 @pytest.mark.parametrize("policy", ["default", "lru"])
 @pytest.mark.parametrize(
-    "where", ["key-hash", "key-eq", "key-reduce", "value-reduce", "value-setstate"]
+    "where",
+    ["key-hash", "key-eq", "key-reduce", "value-reduce", "value-setstate",
+     "value-setstate-raises"],
 )
 def test_user_code_closes_the_cache_mid_call(tmp_path, path, where, policy):
     run_child(USER_CLOSES, path, where, policy, cwd=tmp_path, timeout=20)
@@ -424,6 +449,7 @@ def mutate():
         LST.clear()
     else:  # grow: the list's storage moves
         LST.extend(Key(n) for n in EXTRA)
+    churn()
 
 
 class Key:
@@ -476,6 +502,7 @@ for rnd in range(20):
         missing = [k for k in EXTRA if Key(k) not in c]
         check(not missing, "delete_many removed keys appended during the call", missing[:5])
         c.set_many([(Key(n), Value(n)) for n in NAMES])
+    JUNK.clear()
     if FAILURES:
         break
 finish()
@@ -534,6 +561,11 @@ def test_keyboard_interrupt_never_leaks_a_transaction(tmp_path, path):
                 except KeyboardInterrupt:
                     ARMED[0] = False
                     stats["interrupted"] += 1
+                except Exception as exc:
+                    ARMED[0] = False
+                    check(False, "iteration", stats["i"], "raised", repr(exc),
+                          "(after", stats["interrupted"], "interrupts)")
+                    return
 
         while True:
             try:
@@ -544,7 +576,7 @@ def test_keyboard_interrupt_never_leaks_a_transaction(tmp_path, path):
         ARMED[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         step("iterations", stats)
-        check(stats["interrupted"] > 50, "too few interrupts to mean anything", stats)
+        check(FAILURES or stats["interrupted"] > 50, "too few interrupts to mean anything", stats)
         check(not c._in_txn(), "the main thread still holds a transaction after the loop")
 
         wrote = []
