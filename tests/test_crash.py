@@ -20,8 +20,11 @@ Intended behaviour these tests pin down (the C core must satisfy it):
   does to the caller's list meanwhile;
 * ``transaction()`` never leaks its write txn / write lock, even when a
   KeyboardInterrupt arrives at any bytecode boundary;
-* a key that cannot be decoded raises ``CorruptError`` from iteration, and an
-  iterator the caller keeps using after catching it resumes after that entry;
+* a key that cannot be decoded -- a garbage pickle, or a pickle naming a class
+  its module no longer has -- raises ``CorruptError`` from ``items()`` and
+  ``keys()`` (``values()`` may skip decoding keys: it yields every value, or
+  raises ``CorruptError`` for that one entry), and an iterator the caller keeps
+  using after catching it resumes right after that entry;
 * LMDB's 511-byte key limit and the namespace limit (200 UTF-8 bytes) hold in
   C for every index the C core keeps, whatever the key and namespace;
 * ``update()`` raises like ``dict.update`` (CPython's test.mapping_tests);
@@ -136,6 +139,9 @@ def run_child(code, *args, cwd, timeout=30):
         except ValueError:
             name = f"signal {-proc.returncode}"
         pytest.fail(f"child CRASHED: killed by {name}\n{report}", pytrace=False)
+    if "ERROR: AddressSanitizer" in err or "runtime error:" in err:
+        pytest.fail(f"child CRASHED: sanitizer report (exit status {proc.returncode})\n{report}",
+                    pytrace=False)
     if "Timeout (0:" in err:
         pytest.fail(f"child HUNG: no progress for {timeout - 3}s (faulthandler dump)\n{report}",
                     pytrace=False)
