@@ -548,11 +548,10 @@ static int env_init_meta(lmc_state *st, lmc_env *e)
 
 again:
     if (writing) {
+        /* The Env is OPENING: no other thread of this process uses it, so
+         * write_lock is not needed to adopt a resized map. */
         Py_BEGIN_ALLOW_THREADS
-        pthread_mutex_lock(&e->write_lock);
         rc = lmc_env_begin(e, 0, &txn, &_save);
-        if (rc != 0)
-            pthread_mutex_unlock(&e->write_lock);
         Py_END_ALLOW_THREADS
     }
     else {
@@ -633,8 +632,6 @@ again:
     /* Committing (even a read txn) makes the dbi handles env-wide. */
     Py_BEGIN_ALLOW_THREADS
     rc = mdb_txn_commit(txn);
-    if (writing)
-        pthread_mutex_unlock(&e->write_lock);
     Py_END_ALLOW_THREADS
     txn = NULL;
     if (rc != 0)
@@ -644,11 +641,8 @@ again:
 lmdb_error:
     lmc_raise(st, rc, op, e->path);
 error:
-    if (txn != NULL) {
+    if (txn != NULL)
         mdb_txn_abort(txn);
-        if (writing)
-            pthread_mutex_unlock(&e->write_lock);
-    }
     return -1;
 }
 

@@ -777,7 +777,7 @@ def test_pickled_cache_works_on_same_path_with_same_options(tmp_path):
         assert default.options == {"map_size": 1 << 30, "size_limit": None, "readonly": False,
                                    "durability": "process", "max_readers": 1024,
                                    "eviction_policy": "least-recently-stored", "ttl": None,
-                                   "namespace": None}
+                                   "namespace": None, "timeout": 60.0}
     finally:
         default.close()
 

@@ -581,10 +581,13 @@ def test_keyboard_interrupt_never_leaks_a_transaction(tmp_path, path):
             while stats["i"] < 6000 and time.monotonic() < deadline:
                 stats["i"] += 1
                 try:
-                    signal.setitimer(signal.ITIMER_REAL, rnd.uniform(1e-6, 1.5e-4))
+                    signal.setitimer(signal.ITIMER_REAL, rnd.uniform(1e-6, 6e-5))
                     ARMED[0] = True
                     with c.transaction():
-                        c["a"] = stats["i"]
+                        # a body long enough for the timer to land in it, in
+                        # __enter__ or in __exit__ often
+                        for j in range(8):
+                            c[("a", j)] = stats["i"]
                     ARMED[0] = False
                     stats["completed"] += 1
                 except KeyboardInterrupt:
