@@ -48,7 +48,7 @@ PyObject *lmc_store_get_many(StoreObject *self, PyObject *keys)
     /* under the txn: copies and native objects only (no user code) */
     for (i = 0; i < n; i++) {
         int p = 0;
-        rc = lmc_lookup(txn, dbi, &ks.refs[i], &rec, &status, &why);
+        rc = lmc_lookup(e, txn, dbi, self->dbname, &ks.refs[i], &rec, &status, &why);
         if (rc != 0 || status == LMC_CORRUPT)
             break;
         if (status != LMC_LIVE)
@@ -195,6 +195,7 @@ static PyObject *store_scan_write(StoreObject *self, lmc_write_fn fn, const char
     if (lmc_store_check_writable(self) < 0 || (e = lmc_store_enter(self, &dbi)) == NULL)
         return NULL;
     a.dbi = dbi;
+    a.dbname = self->dbname;
     a.is_main = dbi == e->main_dbi;
     a.removed = 0;
     /* deleting many keys may copy many pages: reserve the file's size */

@@ -12,14 +12,18 @@
  * Keys are equal when their encodings are: 1, 1.0 and True are three keys.
  * str, bytes and int subclasses encode as their base type.
  *
- * Values: LMC_RECORD_VERSION, tag, flags, [8-byte expiry], [8-byte store
- * sequence], [u32 length + full key], payload.  bytes, str, int64, float, None, True, False are stored
+ * Values: LMC_RECORD_VERSION, tag, flags, 4-byte CRC32C checksum, [8-byte
+ * expiry], [8-byte store sequence], [u32 length + full key], payload.  The
+ * checksum covers the sub-database name, the LMDB key and every other byte
+ * of the record (lmc_record_sum): a damaged record, or one moved to another
+ * key or namespace, is CorruptError, never a wrong value.  bytes, str, int64, float, None, True, False are stored
  * natively; everything else is pickled with protocol 5.  Numbers use the
  * machine's byte order (LMDB files do not move between byte orders either).
  */
 #include "lmdbcache.h"
 
 #include <string.h>
+#include <sys/stat.h>
 
 #define LMC_MAX_DEPTH 32
 
@@ -481,21 +485,43 @@ void lmc_value_head(lmc_value *out, int tag, double expires, int with_seq, const
     out->head[0] = LMC_RECORD_VERSION;
     out->head[1] = (unsigned char)tag;
     out->head[2] = (unsigned char)flags;
+    memset(out->head + LMC_SUM_OFF, 0, 4); /* filled by lmc_value_write */
     out->head_len = n;
 }
 
-void lmc_value_write(const lmc_value *v, char *dst, uint64_t seq)
+/* The record checksum: CRC32C over the sub-database name, the LMDB key and
+ * the whole record except the checksum field itself, each length-prefixed. */
+uint32_t lmc_record_sum(const char *dbname, const MDB_val *key, const char *p, size_t n)
 {
-    memcpy(dst, v->head, v->head_len);
+    uint32_t crc, len = (uint32_t)strlen(dbname);
+
+    crc = lmc_crc32c(0, &len, 4);
+    crc = lmc_crc32c(crc, dbname, len);
+    len = (uint32_t)key->mv_size;
+    crc = lmc_crc32c(crc, &len, 4);
+    crc = lmc_crc32c(crc, key->mv_data, key->mv_size);
+    crc = lmc_crc32c(crc, p, LMC_SUM_OFF);
+    return lmc_crc32c(crc, p + LMC_SUM_OFF + 4, n - LMC_SUM_OFF - 4);
+}
+
+void lmc_value_write(const lmc_value *v, char *dst, uint64_t seq, const char *dbname,
+                     const MDB_val *key)
+{
+    char *p = dst;
+    uint32_t sum;
+
+    memcpy(p, v->head, v->head_len);
     if (v->seq_off)
-        memcpy(dst + v->seq_off, &seq, 8);
-    dst += v->head_len;
+        memcpy(p + v->seq_off, &seq, 8);
+    p += v->head_len;
     if (v->key_len) {
-        memcpy(dst, v->key, v->key_len);
-        dst += v->key_len;
+        memcpy(p, v->key, v->key_len);
+        p += v->key_len;
     }
     if (v->data_len)
-        memcpy(dst, v->data, v->data_len);
+        memcpy(p, v->data, v->data_len);
+    sum = lmc_record_sum(dbname, key, dst, lmc_value_size(v));
+    memcpy(dst + LMC_SUM_OFF, &sum, 4);
 }
 
 const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec)
@@ -583,8 +609,25 @@ int lmc_record_matches(const lmc_record *rec, const lmc_kref *key)
            memcmp(rec->key, key->full_data, rec->key_len) == 0;
 }
 
-int lmc_lookup(MDB_txn *txn, MDB_dbi dbi, const lmc_kref *key, lmc_record *rec,
-               int *status, const char **why)
+/* Is [p, p+n) inside the part of the map that the data file backs?  Only
+ * the Env's read txn is checked (GIL held): a write txn's dirty pages may
+ * live outside the map.
+ * The file grows under other processes: before saying no, look again. */
+static int in_file(lmc_env *e, MDB_txn *txn, const char *p, size_t n)
+{
+    struct stat sb;
+    if (txn != e->rtxn || e->map_lo == NULL)
+        return 1;
+    if (LMC_LIKELY(p >= e->map_lo && n <= e->map_len &&
+                   (size_t)(p - e->map_lo) <= e->map_len - n))
+        return 1;
+    if (e->fd >= 0 && fstat(e->fd, &sb) == 0)
+        lmc_env_note_map(e, (size_t)sb.st_size);
+    return p >= e->map_lo && n <= e->map_len && (size_t)(p - e->map_lo) <= e->map_len - n;
+}
+
+int lmc_lookup(lmc_env *e, MDB_txn *txn, MDB_dbi dbi, const char *dbname, const lmc_kref *key,
+               lmc_record *rec, int *status, const char **why)
 {
     MDB_val k = key->val, v;
     int rc = mdb_get(txn, dbi, &k, &v);
@@ -596,7 +639,10 @@ int lmc_lookup(MDB_txn *txn, MDB_dbi dbi, const lmc_kref *key, lmc_record *rec,
     }
     if (rc != 0)
         return rc;
-    *why = lmc_record_parse_raw(v.mv_data, v.mv_size, rec);
+    if (LMC_UNLIKELY(!in_file(e, txn, v.mv_data, v.mv_size)))
+        *why = "the record lies outside the data file";
+    else
+        *why = lmc_record_check(dbname, &key->val, v.mv_data, v.mv_size, rec);
     if (LMC_UNLIKELY(*why != NULL))
         *status = LMC_CORRUPT;
     else if (LMC_UNLIKELY(!lmc_record_matches(rec, key)))
@@ -606,6 +652,19 @@ int lmc_lookup(MDB_txn *txn, MDB_dbi dbi, const lmc_kref *key, lmc_record *rec,
     else
         *status = LMC_LIVE;
     return 0;
+}
+
+const char *lmc_record_check(const char *dbname, const MDB_val *key, const char *p, size_t n,
+                             lmc_record *rec)
+{
+    uint32_t sum;
+    const char *why = lmc_record_parse_raw(p, n, rec);
+    if (why != NULL)
+        return why;
+    memcpy(&sum, p + LMC_SUM_OFF, 4);
+    if (LMC_UNLIKELY(sum != lmc_record_sum(dbname, key, p, n)))
+        return "checksum mismatch";
+    return NULL;
 }
 
 PyObject *lmc_record_take(const lmc_record *rec, int *pickled)

@@ -21,6 +21,7 @@
  *    marker or a complete one.  A marker that is empty, unreadable or not a
  *    boot id is never taken as proof of an OS crash; it is replaced.
  */
+#define _GNU_SOURCE /* fallocate */
 #include "lmdbcache.h"
 
 #include <errno.h>
@@ -216,7 +217,7 @@ error:
 void lmc_guard_leave(int lock_fd)
 {
     if (lock_fd >= 0)
-        close(lock_fd); /* drops the flock */
+        flock(lock_fd, LOCK_UN); /* the Env keeps the descriptor for size changes */
 }
 
 int lmc_marker_create(lmc_state *st, lmc_env *e, const lmc_options *opt)
@@ -288,4 +289,119 @@ void lmc_marker_release(lmc_env *e)
     }
     pthread_mutex_unlock(&e->write_lock);
     Py_END_ALLOW_THREADS
+}
+
+/* ---- the files, before LMDB touches them --------------------------------------
+ * data.mdb: a symlink, a non-regular file or an empty file is refused; the
+ * size is checked against the newer valid meta page's last used page, so a
+ * truncated file is CorruptError instead of SIGBUS (or LMDB extending it
+ * with zeros).  lmdbcache keeps the file at least that long (env_reserve).
+ * lock.mdb: fully allocated up front -- LMDB creates it sparse, and a reader
+ * slot on an unallocated page of a full disk is a SIGBUS. */
+
+#define META_OFF 16 /* the page header before the meta of pages 0 and 1 */
+#define LMDB_MAGIC 0xBEEFC0DEu
+
+typedef struct {
+    uint32_t magic, version;
+    uint64_t mapsize, last_pg, txnid;
+    uint32_t psize;
+} meta_view;
+
+static int meta_read(int fd, off_t off, meta_view *m)
+{
+    unsigned char b[META_OFF + 136];
+    if (pread(fd, b, sizeof(b), off) != (ssize_t)sizeof(b))
+        return -1;
+    memcpy(&m->magic, b + META_OFF + 0, 4);
+    memcpy(&m->version, b + META_OFF + 4, 4);
+    memcpy(&m->mapsize, b + META_OFF + 16, 8);
+    memcpy(&m->psize, b + META_OFF + 24, 4); /* mm_dbs[FREE_DBI].md_pad */
+    memcpy(&m->last_pg, b + META_OFF + 120, 8);
+    memcpy(&m->txnid, b + META_OFF + 128, 8);
+    return m->magic == LMDB_MAGIC ? 0 : -1;
+}
+
+static int prealloc_lock(const char *path, unsigned int max_readers)
+{
+#ifdef __linux__
+    /* LMDB sizes the file (max_readers - 1) * 64 + a header of a few cache
+     * lines; allocate blocks past that without changing the size, which
+     * LMDB sets itself (and from which it derives the reader count). */
+    off_t size = (off_t)max_readers * 64 + 8192;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600), rc = 0;
+    if (fd < 0)
+        return errno == EACCES || errno == EROFS || errno == EPERM ? 0 : errno;
+    if (fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size) != 0 && errno != EOPNOTSUPP &&
+        errno != ENOSYS)
+        rc = errno;
+    close(fd);
+    return rc;
+#else
+    (void)path;
+    (void)max_readers;
+    return 0;
+#endif
+}
+
+int lmc_files_check(lmc_state *st, lmc_env *e, const lmc_options *opt, size_t *file_size)
+{
+    char *data = join(e->path, "data.mdb"), *lock = join(e->path, "lock.mdb");
+    struct stat sb;
+    meta_view m0, m1, *m = NULL;
+    int fd = -1, rc, ok0, ok1, result = -1;
+
+    *file_size = 0;
+    if (data == NULL || lock == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (lstat(data, &sb) != 0) {
+        if (errno != ENOENT) {
+            lmc_raise(st, errno, "inspect the data file", data);
+            goto done;
+        }
+    }
+    else if (S_ISLNK(sb.st_mode) || !S_ISREG(sb.st_mode)) {
+        PyErr_Format(st->CorruptError, "'%s' is not a regular file (a symlink or a device): "
+                     "refusing to open it", data);
+        goto done;
+    }
+    else if (sb.st_size == 0) {
+        PyErr_Format(st->CorruptError, "'%s' is empty: it is no LMDB data file (remove it to "
+                     "start an empty cache)", data);
+        goto done;
+    }
+    else {
+        fd = open(data, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) {
+            lmc_raise(st, errno, "open the data file", data);
+            goto done;
+        }
+        ok0 = meta_read(fd, 0, &m0) == 0;
+        ok1 = ok0 && m0.psize >= 512 && m0.psize <= 65536 &&
+              meta_read(fd, (off_t)m0.psize, &m1) == 0;
+        if (ok0)
+            m = ok1 && m1.txnid > m0.txnid ? &m1 : &m0;
+        if (m != NULL && m->psize >= 512 && (uint64_t)sb.st_size < (m->last_pg + 1) * m->psize) {
+            PyErr_Format(st->CorruptError,
+                         "'%s' is truncated: %lld bytes, but its last page ends at byte %llu",
+                         data, (long long)sb.st_size,
+                         (unsigned long long)((m->last_pg + 1) * m->psize));
+            goto done;
+        }
+        *file_size = (size_t)sb.st_size;
+        /* no valid meta: LMDB's own check says MDB_INVALID -> CorruptError */
+    }
+    if (!opt->readonly && (rc = prealloc_lock(lock, opt->max_readers)) != 0) {
+        lmc_raise(st, rc, "allocate the lock file", lock);
+        goto done;
+    }
+    result = 0;
+done:
+    if (fd >= 0)
+        close(fd);
+    PyMem_RawFree(data);
+    PyMem_RawFree(lock);
+    return result;
 }

@@ -59,6 +59,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -67,6 +68,9 @@
 /* Room deletions may take beyond size_limit, so that a full cache can always
  * be emptied: LMDB copies pages on write, a delete needs a few free pages. */
 #define LMC_DELETE_RESERVE ((size_t)1 << 20)
+/* Disk blocks growing writes leave reserved for deletes (see env_reserve). */
+#define LMC_DELETE_HEADROOM ((size_t)1 << 20)
+#define LMC_DELETE_SLACK ((size_t)256 << 10)
 
 /* With MDB_WRITEMAP, LMDB writes pages through a shared mapping of a sparse
  * file: on a full disk a store into a hole raises SIGBUS instead of failing a
@@ -77,6 +81,10 @@
 #define LMC_RESERVE_STEP ((size_t)1 << 20)
 
 static lmc_env *registry = NULL;
+
+static void size_lock(lmc_env *e);
+static void size_unlock(lmc_env *e);
+static int env_adopt(lmc_env *e);
 
 void lmc_env_forget_all(void)
 {
@@ -122,6 +130,8 @@ static void env_close(lmc_env *e)
         mdb_txn_abort(e->rtxn);
     e->rtxn = NULL;
     mdb_env_close(e->env);
+    if (e->guard_fd >= 0)
+        close(e->guard_fd);
     pthread_mutex_destroy(&e->write_lock);
     pthread_mutex_destroy(&e->lru_lock);
     lmc_ns_free(e);
@@ -149,8 +159,10 @@ static int env_adopt_mapsize(lmc_env *e)
         return MDB_MAP_RESIZED; /* this thread's transaction holds write_lock */
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&e->write_lock);
+    size_lock(e);
     Py_END_ALLOW_THREADS
-    rc = mdb_env_set_mapsize(e->env, 0);
+    rc = env_adopt(e);
+    size_unlock(e);
     pthread_mutex_unlock(&e->write_lock);
     return rc;
 }
@@ -173,9 +185,11 @@ int lmc_env_begin(lmc_env *e, unsigned int flags, MDB_txn **txn, PyThreadState *
                 rc = env_adopt_mapsize(e);
             }
             else {
+                size_lock(e);
                 PyEval_RestoreThread(*save);
-                rc = mdb_env_set_mapsize(e->env, 0);
+                rc = env_adopt(e);
                 *save = PyEval_SaveThread();
+                size_unlock(e);
             }
             if (rc != 0)
                 break;
@@ -235,30 +249,38 @@ void lmc_read_end(lmc_env *e, MDB_txn *txn)
     }
 }
 
-/* Reserve disk blocks for a write adding up to `hint` bytes.  write_lock held,
- * GIL not needed. */
-static int env_reserve(lmc_env *e, size_t hint)
+/* Reserve disk blocks for a write adding up to `hint` bytes, so that a full
+ * disk is ENOSPC before the txn instead of SIGBUS (MDB_WRITEMAP stores into a
+ * hole of a sparse file) or EIO (LMDB turns a short pwrite into EIO).
+ * Growing writes keep LMC_DELETE_HEADROOM reserved beyond what they need;
+ * deletes may use it, so deleting entries always makes room on a full disk.
+ * Without MDB_WRITEMAP the file is extended too (LMDB's pwrite would extend
+ * it anyway), which keeps the file at least as long as its last used page.
+ * write_lock held, GIL not needed. */
+static int env_reserve(lmc_env *e, size_t hint, int kind)
 {
 #ifdef __linux__
     MDB_envinfo info;
-    size_t need, target;
-    int rc;
+    size_t used, need, target;
+    int rc, writemap = (e->flags & MDB_WRITEMAP) != 0;
 
-    if (!(e->flags & MDB_WRITEMAP) || !e->can_reserve)
+    if (!e->can_reserve || (e->flags & MDB_RDONLY))
         return 0;
     rc = mdb_env_info(e->env, &info);
     if (rc != 0)
         return rc;
-    need = (info.me_last_pgno + 1) * e->page_size + hint + LMC_RESERVE_SLACK;
+    used = (info.me_last_pgno + 1) * e->page_size;
+    need = used + hint + (kind == LMC_WRITE_GROWS ? LMC_RESERVE_SLACK + LMC_DELETE_HEADROOM
+                                                  : LMC_DELETE_SLACK);
     if (need <= e->reserved)
         return 0;
-    target = need + need / 8;
+    target = need + (kind == LMC_WRITE_GROWS ? need / 8 : 0);
     target = (target + LMC_RESERVE_STEP - 1) / LMC_RESERVE_STEP * LMC_RESERVE_STEP;
-    if (target > info.me_mapsize)
+    if (writemap && target > info.me_mapsize)
         target = info.me_mapsize;
     if (target <= e->reserved)
         return 0;
-    if (fallocate(e->fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)target) != 0) {
+    if (fallocate(e->fd, writemap ? FALLOC_FL_KEEP_SIZE : 0, 0, (off_t)target) != 0) {
         if (errno == EOPNOTSUPP || errno == ENOSYS) {
             e->can_reserve = 0; /* filesystem without fallocate: nothing to do */
             return 0;
@@ -269,11 +291,84 @@ static int env_reserve(lmc_env *e, size_t hint)
 #else
     (void)e;
     (void)hint;
+    (void)kind;
 #endif
     return 0;
 }
 
-/* Grow the map after MDB_MAP_FULL.  GIL and write_lock held. */
+/* The size to map: `want`, but never below the data file's size -- under
+ * MDB_WRITEMAP LMDB truncates the file to the map size on every map, and a
+ * smaller map would cut the file under other processes' mappings (SIGBUS,
+ * lost pages) -- nor below the last used page.  Page-rounded. */
+static size_t env_size_floor(lmc_env *e, size_t want)
+{
+    struct stat sb;
+    MDB_envinfo info;
+    size_t ps = e->page_size ? e->page_size : 4096;
+
+    if (e->fd > 0 && fstat(e->fd, &sb) == 0 && (size_t)sb.st_size > want)
+        want = (size_t)sb.st_size;
+    if (e->env != NULL && e->fd > 0 && mdb_env_info(e->env, &info) == 0 &&
+        (info.me_last_pgno + 1) * ps > want)
+        want = (info.me_last_pgno + 1) * ps;
+    return (want + ps - 1) / ps * ps;
+}
+
+/* Every size change (growth, adopting another process's growth) and every
+ * open of a writable Env happens under an exclusive flock on guard.lock:
+ * reading the file size and mapping at least that much is then atomic with
+ * respect to other processes' size changes, so the file never shrinks.
+ * Called without the GIL; the flock is taken before the GIL (lock order:
+ * write_lock, guard.lock, GIL). */
+static void size_lock(lmc_env *e)
+{
+    if (e->guard_fd >= 0) {
+        while (flock(e->guard_fd, LOCK_EX) != 0 && errno == EINTR)
+            ;
+    }
+}
+
+static void size_unlock(lmc_env *e)
+{
+    if (e->guard_fd >= 0)
+        flock(e->guard_fd, LOCK_UN);
+}
+
+/* Map want (at least) bytes.  size lock, write_lock and the GIL held (no txn
+ * of this process is active). */
+static int env_remap(lmc_env *e, size_t want)
+{
+    struct stat sb;
+    int rc = mdb_env_set_mapsize(e->env, env_size_floor(e, want));
+    if (fstat(e->fd, &sb) == 0)
+        lmc_env_note_map(e, (size_t)sb.st_size);
+    else
+        e->map_lo = NULL; /* unknown: no bounds check */
+    return rc;
+}
+
+void lmc_env_note_map(lmc_env *e, size_t file_size)
+{
+    MDB_envinfo info;
+    if (mdb_env_info(e->env, &info) != 0) {
+        e->map_lo = NULL;
+        return;
+    }
+    e->map_lo = info.me_mapaddr;
+    e->map_len = info.me_mapsize < file_size ? info.me_mapsize : file_size;
+}
+
+/* Adopt the map size another process grew to: at least the last used page
+ * and the file's size.  Never mdb_env_set_mapsize(0): the size recorded in
+ * the meta page can be below the file's size, and mapping less truncates. */
+static int env_adopt(lmc_env *e)
+{
+    return env_remap(e, 0);
+}
+
+/* Grow the map after MDB_MAP_FULL.  Size lock, GIL and write_lock held.
+ * With a size_limit the map stays within lmc_env_map_cap: growing writes up
+ * to the cap less LMC_DELETE_RESERVE, deletes up to the cap itself. */
 static int env_grow(lmc_env *e, int kind)
 {
     MDB_envinfo info;
@@ -286,15 +381,14 @@ static int env_grow(lmc_env *e, int kind)
     want = cur * 2;
     if (e->size_limit != 0) {
         cap = lmc_env_map_cap(e);
-        if (kind == LMC_WRITE_FREES)
-            cap = (cur > cap ? cur : cap) + LMC_DELETE_RESERVE;
+        if (kind == LMC_WRITE_GROWS && cap > LMC_DELETE_RESERVE * 2)
+            cap -= LMC_DELETE_RESERVE;
         if (cur >= cap)
             return MDB_MAP_FULL;
         if (want > cap)
             want = cap;
     }
-    want = (want + e->page_size - 1) / e->page_size * e->page_size;
-    return mdb_env_set_mapsize(e->env, want);
+    return env_remap(e, want);
 }
 
 /* A tiny committed write.  LMDB reuses a freed page only once two newer txns
@@ -358,7 +452,7 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
         /* Inside this thread's transaction(): it owns write_lock already. */
         if (e->wtxn_failed)
             return LMC_ERR_TXN_FAILED;
-        rc = env_reserve(e, e->wtxn_added + hint);
+        rc = env_reserve(e, e->wtxn_added + hint, kind);
         if (rc != 0)
             return rc;
         rc = env_run(e, e->wtxn, fn, arg, kind, hint, e->wtxn_added, counts);
@@ -372,7 +466,7 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
     pthread_mutex_lock(&e->write_lock);
     do {
         again = 0;
-        rc = env_reserve(e, hint);
+        rc = env_reserve(e, hint, kind);
         if (rc == 0 && (rc = lmc_env_begin(e, 0, &txn, &_save)) == 0) {
             e->seq_counter = 0;
             rc = env_run(e, txn, fn, arg, kind, hint, 0, counts);
@@ -383,15 +477,19 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
             lmc_ns_settle(e, rc == 0);
         }
         if (rc == MDB_MAP_RESIZED && attempts++ < 64) {
+            size_lock(e);
             Py_BLOCK_THREADS
-            rc = mdb_env_set_mapsize(e->env, 0);
+            rc = env_adopt(e);
             Py_UNBLOCK_THREADS
+            size_unlock(e);
             again = rc == 0;
         }
         else if (rc == MDB_MAP_FULL && attempts++ < 64) {
+            size_lock(e);
             Py_BLOCK_THREADS
             rc = env_grow(e, kind);
             Py_UNBLOCK_THREADS
+            size_unlock(e);
             if (rc == MDB_MAP_FULL) {
                 /* At the cap.  Freed pages may be pinned: by the snapshot
                  * before the last commit (a tick commits once more), by a
@@ -429,7 +527,7 @@ int lmc_env_txn_begin(lmc_env *e)
     }
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&e->write_lock);
-    rc = env_reserve(e, 0);
+    rc = env_reserve(e, 0, LMC_WRITE_GROWS);
     if (rc == 0)
         rc = lmc_env_begin(e, 0, &txn, &_save);
     if (rc != 0)
@@ -551,7 +649,9 @@ again:
         /* The Env is OPENING: no other thread of this process uses it, so
          * write_lock is not needed to adopt a resized map. */
         Py_BEGIN_ALLOW_THREADS
-        rc = lmc_env_begin(e, 0, &txn, &_save);
+        rc = env_reserve(e, 0, LMC_WRITE_GROWS);
+        if (rc == 0)
+            rc = lmc_env_begin(e, 0, &txn, &_save);
         Py_END_ALLOW_THREADS
     }
     else {
@@ -606,6 +706,14 @@ again:
                          e->path);
             goto error;
         }
+        if (version < LMC_FORMAT_VERSION) {
+            PyErr_Format(st->FormatError,
+                         "'%s' holds a cache of format %ld, written by an older lmdbcache; this "
+                         "version reads format %d (records now carry checksums): delete the "
+                         "directory or move it away, and the cache starts empty",
+                         e->path, version, LMC_FORMAT_VERSION);
+            goto error;
+        }
         if (version > LMC_FORMAT_VERSION) {
             PyErr_Format(st->FormatError,
                          "'%s' was written by a newer lmdbcache (format %ld); this version "
@@ -657,6 +765,7 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     const char *op = "open the environment";
     MDB_stat ms;
     MDB_txn *txn;
+    size_t file_size = 0;
     int rc, fd, dead, created = 0, locks = 0, lock_fd = -1;
 
     e = PyMem_RawCalloc(1, sizeof(*e));
@@ -676,6 +785,8 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     e->dev = sb->st_dev;
     e->ino = sb->st_ino;
     e->refcnt = 1;
+    e->fd = -1;
+    e->guard_fd = -1;
     e->next = registry;
     registry = e;
 
@@ -700,6 +811,11 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     locks = 1;
     if (lmc_guard_enter(st, e, opt, &lock_fd) < 0)
         goto error;
+    if (lmc_files_check(st, e, opt, &file_size) < 0)
+        goto error;
+    /* never map less than the file: LMDB would truncate it (see size_lock) */
+    if (file_size > map_size)
+        map_size = file_size;
     rc = mdb_env_create(&e->env);
     if (rc != 0)
         goto lmdb_error;
@@ -721,6 +837,11 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
         goto lmdb_error;
     e->fd = fd;
     e->can_reserve = 1;
+    {
+        struct stat fsb;
+        if (fstat(fd, &fsb) == 0)
+            lmc_env_note_map(e, (size_t)fsb.st_size);
+    }
     if (fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC) == -1) {
         rc = errno;
         goto lmdb_error;
@@ -748,6 +869,9 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     if (opt->boot_id != NULL && (e->flags & MDB_NOSYNC) && lmc_marker_create(st, e, opt) < 0)
         goto error;
     lmc_guard_leave(lock_fd);
+    /* Only now: while OPENING, lock_fd holds the flock for the whole open, and
+     * size_unlock on it would drop that early. */
+    e->guard_fd = lock_fd;
     e->state = LMC_ENV_OPEN;
     if (e->torn_to != NULL &&
         PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
@@ -763,7 +887,8 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
 lmdb_error:
     lmc_raise(st, rc, op, path);
 error:
-    lmc_guard_leave(lock_fd);
+    if (lock_fd >= 0)
+        close(lock_fd);
     if (e->rtxn != NULL)
         mdb_txn_abort(e->rtxn);
     lmc_ns_free(e);

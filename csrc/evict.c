@@ -220,7 +220,7 @@ static int evict_oldest(MDB_txn *txn, lmc_env *e, MDB_cursor *cur, const MDB_val
     if (rc != 0)
         return rc;
     current = 0;
-    if (lmc_record_parse_raw(rv.mv_data, rv.mv_size, &rec) == NULL)
+    if (lmc_record_check(dbname, &key, rv.mv_data, rv.mv_size, &rec) == NULL)
         current = rec.seq;
     else
         current = seq; /* corrupt record: evict it */

@@ -82,10 +82,11 @@ static void iter_drop_entries(IterObject *it)
 
 /* One entry from the record under the cursor.  Runs no Python code: only
  * bytes/str/int/float objects are made.  -1 with an exception. */
-static int iter_take(IterObject *it, it_entry *ent, PyObject *last, const MDB_val *v)
+static int iter_take(IterObject *it, it_entry *ent, PyObject *last, const MDB_val *k,
+                     const MDB_val *v)
 {
     lmc_record rec;
-    const char *why = lmc_record_parse_raw(v->mv_data, v->mv_size, &rec);
+    const char *why = lmc_record_check(it->store->dbname, k, v->mv_data, v->mv_size, &rec);
     int pickled = 0;
 
     ent->kind = ENT_NATIVE;
@@ -164,7 +165,7 @@ static int iter_fill(IterObject *it)
         if (lmc_record_parse_raw(v.mv_data, v.mv_size, &rec) == NULL &&
             (rec.flags & LMC_FLAG_EXPIRES) && rec.expires <= lmc_now())
             continue;
-        if (iter_take(it, &it->ent[it->n], last, &v) < 0) {
+        if (iter_take(it, &it->ent[it->n], last, &k, &v) < 0) {
             Py_CLEAR(it->ent[it->n].key);
             Py_CLEAR(it->ent[it->n].val);
             goto error;

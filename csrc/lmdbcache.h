@@ -35,9 +35,9 @@
 /* ---- on-disk format ------------------------------------------------------ */
 
 /* Version of the whole cache layout, stored in __meta__ under "format". */
-#define LMC_FORMAT_VERSION 1
+#define LMC_FORMAT_VERSION 2
 /* Version byte at the start of every value record. */
-#define LMC_RECORD_VERSION 1
+#define LMC_RECORD_VERSION 2
 /* LMDB's default MDB_MAXKEYSIZE; checked against the library at open. */
 #define LMC_MAX_KEY 511
 /* Longest namespace name, in UTF-8 bytes (enforced in store.c). */
@@ -72,7 +72,8 @@
 #define LMC_FLAG_SEQ 0x04     /* 8-byte store sequence number (eviction order) */
 #define LMC_KNOWN_FLAGS (LMC_FLAG_EXPIRES | LMC_FLAG_LONGKEY | LMC_FLAG_SEQ)
 
-#define LMC_HEADER_SIZE 3 /* version, tag, flags */
+#define LMC_HEADER_SIZE 7 /* version, tag, flags, CRC32C */
+#define LMC_SUM_OFF 3     /* offset of the checksum in the record */
 
 #include <time.h>
 
@@ -152,7 +153,10 @@ typedef struct lmc_env {
     unsigned int flags;    /* MDB_RDONLY, MDB_NOSYNC as opened */
     size_t size_limit;     /* 0 = unbounded */
     size_t page_size;
-    int fd;                /* data file */
+    int fd;                /* data file (-1 until open) */
+    int guard_fd;          /* guard.lock, flocked around size changes; -1: none */
+    const char *map_lo;    /* the map, and how much of it the data file backs */
+    size_t map_len;        /* (records read are checked against it) */
     int can_reserve;       /* fallocate works on this filesystem */
     size_t reserved;       /* bytes of the data file known to be allocated */
     pthread_mutex_t write_lock; /* serialises this process's writers; see env.c */
@@ -239,6 +243,10 @@ static inline int lmc_env_is_current(const lmc_env *e)
  * saved by Py_BEGIN_ALLOW_THREADS of a caller holding write_lock. */
 int lmc_env_begin(lmc_env *e, unsigned int flags, MDB_txn **txn, PyThreadState **save);
 
+/* Record where the map is and how much of it is backed by a file of
+ * file_size bytes.  GIL held or write_lock held. */
+void lmc_env_note_map(lmc_env *e, size_t file_size);
+
 /* Read transactions: GIL held from begin to end, no Python code in between. */
 int lmc_read_begin(lmc_env *e, MDB_txn **txn);
 void lmc_read_end(lmc_env *e, MDB_txn *txn);
@@ -300,6 +308,10 @@ int lmc_ns_open_fn(MDB_txn *txn, lmc_env *e, void *arg);
  * when no lock was taken.  -1 with an exception. */
 int lmc_guard_enter(lmc_state *st, lmc_env *e, const lmc_options *opt, int *lock_fd);
 void lmc_guard_leave(int lock_fd);
+/* Before mdb_env_open: refuse a data file that is a symlink, empty or
+ * truncated (CorruptError); preallocate the lock file.  *file_size: the data
+ * file's size (0 when it does not exist yet). */
+int lmc_files_check(lmc_state *st, lmc_env *e, const lmc_options *opt, size_t *file_size);
 /* After the Env holds its reader slot: create the marker (atomically). */
 int lmc_marker_create(lmc_state *st, lmc_env *e, const lmc_options *opt);
 /* Last close in this process: flush, and drop the marker if no other process
@@ -396,7 +408,8 @@ static inline size_t lmc_value_size(const lmc_value *v)
 }
 /* Write the encoded record into dst (lmc_value_size bytes), with the sequence
  * number when the value has room for one.  No GIL needed. */
-void lmc_value_write(const lmc_value *v, char *dst, uint64_t seq);
+void lmc_value_write(const lmc_value *v, char *dst, uint64_t seq, const char *dbname,
+                     const MDB_val *key);
 
 /* A parsed record, pointing into LMDB memory (valid while the txn lives). */
 typedef struct {
@@ -410,8 +423,15 @@ typedef struct {
     size_t data_len;
 } lmc_record;
 
-/* Validate and parse without the GIL: NULL, or why the bytes are bad. */
+/* Validate and parse without the GIL: NULL, or why the bytes are bad.  Does
+ * not verify the checksum (lmc_record_check does). */
 const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec);
+/* Parse and verify the checksum of the record stored under key in dbname. */
+const char *lmc_record_check(const char *dbname, const MDB_val *key, const char *p, size_t n,
+                             lmc_record *rec);
+uint32_t lmc_record_sum(const char *dbname, const MDB_val *key, const char *p, size_t n);
+/* CRC32C (crc32c.c): SSE4.2 / ARMv8 instructions when present. */
+uint32_t lmc_crc32c(uint32_t crc, const void *p, size_t n);
 
 /* The one record lookup: what `key` holds in dbi.  Returns 0 and sets *status,
  * or an LMDB code (never MDB_NOTFOUND).  For LMC_CORRUPT, *why says what is
@@ -420,8 +440,8 @@ const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec);
 #define LMC_ABSENT 1   /* no record, or one of another key with the same digest */
 #define LMC_EXPIRED 2
 #define LMC_CORRUPT 3
-int lmc_lookup(MDB_txn *txn, MDB_dbi dbi, const lmc_kref *key, lmc_record *rec,
-               int *status, const char **why);
+int lmc_lookup(lmc_env *e, MDB_txn *txn, MDB_dbi dbi, const char *dbname, const lmc_kref *key,
+               lmc_record *rec, int *status, const char **why);
 /* Validate and parse; returns -1 with CorruptError set on bad bytes. */
 int lmc_record_parse(lmc_state *st, const char *p, size_t n, lmc_record *rec,
                      const char *path);
@@ -519,12 +539,14 @@ int lmc_put_fn(MDB_txn *txn, lmc_env *e, void *arg);
 
 typedef struct {
     MDB_dbi dbi;
+    const char *dbname;
     Py_ssize_t n;
     lmc_kref *keys;
     Py_ssize_t deleted;
     int want_old;        /* pop: copy the removed record out (malloc) */
     char *old;
     size_t old_len;
+    const char *old_why; /* pop: the removed record was corrupt (old is NULL) */
 } lmc_del_arg;
 int lmc_del_fn(MDB_txn *txn, lmc_env *e, void *arg);
 
@@ -541,6 +563,7 @@ int lmc_touch_fn(MDB_txn *txn, lmc_env *e, void *arg);
 
 typedef struct {
     MDB_dbi dbi;
+    const char *dbname;
     int is_main;
     size_t removed;
 } lmc_scan_arg;

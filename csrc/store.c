@@ -386,7 +386,7 @@ static PyObject *store_lookup(StoreObject *self, PyObject *key)
         lmc_raise_env(st, rc, "begin a read", e);
         goto clear;
     }
-    rc = lmc_lookup(txn, dbi, &k.r, &rec, &status, &why);
+    rc = lmc_lookup(e, txn, dbi, self->dbname, &k.r, &rec, &status, &why);
     if (LMC_LIKELY(rc == 0 && status == LMC_LIVE))
         obj = lmc_record_take(&rec, &pickled); /* NULL: invalid UTF-8 */
     lmc_read_end(e, txn);
@@ -456,7 +456,7 @@ static int store_contains(StoreObject *self, PyObject *key)
         goto leave;
     rc = lmc_read_begin(e, &txn);
     if (rc == 0) {
-        rc = lmc_lookup(txn, dbi, &k.r, &rec, &status, &why);
+        rc = lmc_lookup(e, txn, dbi, self->dbname, &k.r, &rec, &status, &why);
         lmc_read_end(e, txn);
     }
     lmc_key_clear(&k);
@@ -630,16 +630,24 @@ Py_ssize_t lmc_store_remove(StoreObject *self, PyObject *const *keys, Py_ssize_t
         a.keys = ks.refs;
     }
     a.dbi = dbi;
+    a.dbname = self->dbname;
     a.n = n;
     a.deleted = 0;
     a.want_old = old != NULL;
     a.old = NULL;
     a.old_len = 0;
+    a.old_why = NULL;
     rc = lmc_env_write(e, lmc_del_fn, &a, LMC_WRITE_FREES, 0, NULL);
     if (n == 1)
         lmc_key_clear(&one);
     else
         lmc_keyset_free(&ks);
+    if (rc == 0 && old != NULL && a.deleted && a.old_why != NULL) {
+        free(a.old);
+        PyErr_Format(st->CorruptError, "corrupt record in '%s': %s (it was removed)", e->path,
+                     a.old_why);
+        goto leave;
+    }
     if (rc == 0 && old != NULL && a.deleted) {
         *old = a.old;
         *old_len = a.old_len;

@@ -45,7 +45,7 @@ static int put_one(MDB_txn *txn, lmc_env *e, lmc_put_arg *a, Py_ssize_t i)
         return rc;
     if (evicts)
         seq = lmc_evict_next_seq(e, txn);
-    lmc_value_write(&a->vals[i], v.mv_data, seq);
+    lmc_value_write(&a->vals[i], v.mv_data, seq, a->dbname, &a->keys[i].val);
     if (evicts)
         rc = lmc_evict_note(txn, e, a->dbname, &a->keys[i].val, seq);
     return rc;
@@ -99,7 +99,7 @@ static int put_batch(MDB_txn *txn, lmc_env *e, lmc_put_arg *a)
             break;
         if (evicts)
             seq = lmc_evict_next_seq(e, txn);
-        lmc_value_write(&a->vals[i], v.mv_data, seq);
+        lmc_value_write(&a->vals[i], v.mv_data, seq, a->dbname, &a->keys[i].val);
         if (evicts)
             rc = lmc_evict_note(txn, e, a->dbname, &a->keys[i].val, seq);
     }
@@ -120,7 +120,7 @@ int lmc_put_fn(MDB_txn *txn, lmc_env *e, void *arg)
         return put_batch(txn, e, a);
     if (a->mode == LMC_PUT_ADD) {
         a->added = 0;
-        rc = lmc_lookup(txn, a->dbi, &a->keys[0], &rec, &status, &why);
+        rc = lmc_lookup(e, txn, a->dbi, a->dbname, &a->keys[0], &rec, &status, &why);
         if (rc != 0)
             return rc;
         if (status == LMC_LIVE)
@@ -134,19 +134,21 @@ int lmc_put_fn(MDB_txn *txn, lmc_env *e, void *arg)
 
 /* Delete one key.  Returns 1 deleted, 0 absent (expired ones are deleted
  * too but count as absent), or an LMDB code (< 0 or an errno). */
-static int del_one(MDB_txn *txn, lmc_del_arg *a, Py_ssize_t i)
+static int del_one(MDB_txn *txn, lmc_env *e, lmc_del_arg *a, Py_ssize_t i)
 {
     MDB_val k = a->keys[i].val, v;
     lmc_record rec;
     const char *why;
     int rc, status;
 
-    rc = lmc_lookup(txn, a->dbi, &a->keys[i], &rec, &status, &why);
+    rc = lmc_lookup(e, txn, a->dbi, a->dbname, &a->keys[i], &rec, &status, &why);
     if (rc != 0)
         return rc;
     if (status == LMC_ABSENT)
         return 0;
-    if (status != LMC_EXPIRED && a->want_old) {
+    if (status == LMC_CORRUPT && a->want_old)
+        a->old_why = why;
+    else if (status != LMC_EXPIRED && a->want_old) {
         rc = mdb_get(txn, a->dbi, &k, &v);
         if (rc != 0)
             return rc;
@@ -165,12 +167,12 @@ int lmc_del_fn(MDB_txn *txn, lmc_env *e, void *arg)
     lmc_del_arg *a = arg;
     Py_ssize_t i;
     int rc;
-    (void)e;
     free(a->old); /* a retried txn starts over */
     a->old = NULL;
+    a->old_why = NULL;
     a->deleted = 0;
     for (i = 0; i < a->n; i++) {
-        rc = del_one(txn, a, i);
+        rc = del_one(txn, e, a, i);
         if (rc != 0 && rc != 1)
             return rc;
         a->deleted += rc;
@@ -192,7 +194,7 @@ int lmc_incr_fn(MDB_txn *txn, lmc_env *e, void *arg)
     uint64_t seq = 0;
     int rc, status, evicts = lmc_env_evicts(e);
 
-    rc = lmc_lookup(txn, a->dbi, a->key, &rec, &status, &why);
+    rc = lmc_lookup(e, txn, a->dbi, a->dbname, a->key, &rec, &status, &why);
     if (rc != 0)
         return rc;
     if (status == LMC_CORRUPT)
@@ -217,7 +219,7 @@ int lmc_incr_fn(MDB_txn *txn, lmc_env *e, void *arg)
         return rc;
     if (evicts)
         seq = lmc_evict_next_seq(e, txn);
-    lmc_value_write(&val, v.mv_data, seq);
+    lmc_value_write(&val, v.mv_data, seq, a->dbname, &a->key->val);
     return evicts ? lmc_evict_note(txn, e, a->dbname, &a->key->val, seq) : 0;
 }
 
@@ -234,7 +236,7 @@ int lmc_touch_fn(MDB_txn *txn, lmc_env *e, void *arg)
     (void)e;
 
     a->found = 0;
-    rc = lmc_lookup(txn, a->dbi, a->key, &rec, &status, &why);
+    rc = lmc_lookup(e, txn, a->dbi, a->dbname, a->key, &rec, &status, &why);
     if (rc != 0)
         return rc;
     if (status == LMC_CORRUPT)
@@ -255,7 +257,7 @@ int lmc_touch_fn(MDB_txn *txn, lmc_env *e, void *arg)
     v.mv_data = NULL;
     rc = mdb_put(txn, a->dbi, &a->key->val, &v, MDB_RESERVE);
     if (rc == 0) {
-        lmc_value_write(&val, v.mv_data, seq); /* same seq: not a new store */
+        lmc_value_write(&val, v.mv_data, seq, a->dbname, &a->key->val); /* same seq */
         a->found = 1;
     }
     free(copy);
@@ -280,7 +282,7 @@ int lmc_expire_fn(MDB_txn *txn, lmc_env *e, void *arg)
         return rc;
     rc = mdb_cursor_get(cur, &k, &v, a->is_main ? MDB_SET_RANGE : MDB_FIRST);
     while (rc == 0) {
-        if (lmc_record_parse_raw(v.mv_data, v.mv_size, &rec) == NULL &&
+        if (lmc_record_check(a->dbname, &k, v.mv_data, v.mv_size, &rec) == NULL &&
             (rec.flags & LMC_FLAG_EXPIRES) && rec.expires <= now) {
             rc = mdb_cursor_del(cur, 0);
             if (rc != 0)
