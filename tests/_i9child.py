@@ -75,7 +75,11 @@ def mode_grow_writer(path, durability, map_size, wid, seconds, max_bytes):
     nbytes = 0
     cache = Cache(path, **cache_kwargs(durability, opt_int(map_size)))
     deadline = time.monotonic() + seconds
+    next_report = time.monotonic() + 0.5
     while time.monotonic() < deadline and nbytes < max_bytes and sum(errors.values()) < 50:
+        if time.monotonic() > next_report:  # progress, in case a signal ends us
+            emit(progress=True, written=written, errors=errors, wrong=wrong)
+            next_report = time.monotonic() + 0.5
         size = rng.randrange(8 << 10, 96 << 10)
         tag = f"w{wid}.{written}"
         try:
@@ -188,6 +192,10 @@ def mode_limit_writer(path, durability, size_limit, pidx, threads, seconds, map_
     ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
     for t in ts:
         t.start()
+    while any(t.is_alive() for t in ts):
+        ts[0].join(0.5)
+        with lock:  # progress, in case a signal ends us
+            emit(progress=True, ops=ops, errors=errors, wrong=wrong[0])
     for t in ts:
         t.join()
     cache.close()
@@ -332,6 +340,16 @@ def mode_fill_recover(path, durability, value_size):
     step("write_after_clear", refill)
     c.close()
     emit(**steps)
+
+
+def mode_readall(path, durability):
+    """Open and iterate every item: how many, or the error."""
+    try:
+        with Cache(path, durability=durability) as c:
+            n = sum(1 for _ in c.items())
+        emit(outcome="ok", items=n)
+    except Exception as exc:  # noqa: BLE001
+        emit(outcome="error", error=describe(exc))
 
 
 # ---- guard -----------------------------------------------------------------------------
