@@ -185,7 +185,8 @@ PyObject *lmc_store_delete_many(StoreObject *self, PyObject *keys)
 
 static PyObject *store_scan_write(StoreObject *self, lmc_write_fn fn, const char *op)
 {
-    MDB_envinfo info;
+    MDB_stat ms;
+    MDB_txn *txn;
     lmc_env *e;
     lmc_scan_arg a;
     MDB_dbi dbi;
@@ -198,10 +199,16 @@ static PyObject *store_scan_write(StoreObject *self, lmc_write_fn fn, const char
     a.dbname = self->dbname;
     a.is_main = dbi == e->main_dbi;
     a.removed = 0;
-    /* deleting many keys may copy many pages: reserve the file's size */
-    if ((rc = mdb_env_info(e->env, &info)) == 0)
-        rc = lmc_env_write(e, fn, &a, LMC_WRITE_FREES, (info.me_last_pgno + 1) * e->page_size,
-                           NULL);
+    /* deleting keys copies the leaf and branch pages it touches (overflow
+     * pages are freed, not copied): reserve room for all of them */
+    rc = lmc_read_begin(e, &txn);
+    if (rc == 0) {
+        rc = mdb_stat(txn, dbi, &ms);
+        lmc_read_end(e, txn);
+    }
+    if (rc == 0)
+        rc = lmc_env_write(e, fn, &a, LMC_WRITE_FREES,
+                           (ms.ms_branch_pages + ms.ms_leaf_pages) * e->page_size / 2, NULL);
     if (rc != 0)
         lmc_raise_env(self->state, rc, op, e);
     else

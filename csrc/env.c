@@ -249,19 +249,50 @@ void lmc_read_end(lmc_env *e, MDB_txn *txn)
     }
 }
 
+/* Pages in LMDB's freelist (some may still be pinned by readers).  A short
+ * read txn; write_lock held, GIL released. */
+static size_t env_free_pages(lmc_env *e)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    size_t total = 0, n;
+    int rc;
+
+    if (mdb_txn_begin(e->env, NULL, MDB_RDONLY, &txn) != 0)
+        return 0;
+    if (mdb_cursor_open(txn, 0 /* FREE_DBI */, &cur) == 0) {
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            if (v.mv_size >= sizeof(size_t)) {
+                memcpy(&n, v.mv_data, sizeof(n)); /* an IDL: count, then page numbers */
+                total += n;
+            }
+        }
+        mdb_cursor_close(cur);
+    }
+    mdb_txn_abort(txn);
+    return total;
+}
+
 /* Reserve disk blocks for a write adding up to `hint` bytes, so that a full
  * disk is ENOSPC before the txn instead of SIGBUS (MDB_WRITEMAP stores into a
  * hole of a sparse file) or EIO (LMDB turns a short pwrite into EIO).
- * Growing writes keep LMC_DELETE_HEADROOM reserved beyond what they need;
- * deletes may use it, so deleting entries always makes room on a full disk.
- * Without MDB_WRITEMAP the file is extended too (LMDB's pwrite would extend
- * it anyway), which keeps the file at least as long as its last used page.
- * write_lock held, GIL not needed. */
+ *
+ * Safety: LMDB takes new pages only past the last used page, so the blocks up
+ * to last page + 2 * hint (page fill) + LMC_DELETE_SLACK must be allocated.
+ * Normally a write reserves much more ahead (LMC_RESERVE_SLACK, in steps).
+ * When the disk is full, a growing write may still go ahead within what is
+ * allocated, but must leave LMC_DELETE_HEADROOM of it to deletes -- counting
+ * the freelist, whose pages it reuses first -- so that deleting entries
+ * always makes room again.  Without MDB_WRITEMAP the file is extended too
+ * (LMDB's pwrite would extend it anyway), which keeps the file at least as
+ * long as its last used page.  write_lock held, GIL not needed. */
 static int env_reserve(lmc_env *e, size_t hint, int kind)
 {
 #ifdef __linux__
     MDB_envinfo info;
-    size_t used, need, target;
+    size_t used, need, target, must, free_bytes;
     int rc, writemap = (e->flags & MDB_WRITEMAP) != 0;
 
     if (!e->can_reserve || (e->flags & MDB_RDONLY))
@@ -269,31 +300,49 @@ static int env_reserve(lmc_env *e, size_t hint, int kind)
     rc = mdb_env_info(e->env, &info);
     if (rc != 0)
         return rc;
+    if (e->reserved >= info.me_mapsize)
+        return 0; /* the whole map is allocated: LMDB writes nowhere else */
     used = (info.me_last_pgno + 1) * e->page_size;
-    need = used + hint + (kind == LMC_WRITE_GROWS ? LMC_RESERVE_SLACK + LMC_DELETE_HEADROOM
-                                                  : LMC_DELETE_SLACK);
+    must = used + 2 * hint + LMC_DELETE_SLACK;
+    need = must + (kind == LMC_WRITE_GROWS ? LMC_RESERVE_SLACK + LMC_DELETE_HEADROOM : 0);
     if (need <= e->reserved)
         return 0;
     target = need + (kind == LMC_WRITE_GROWS ? need / 8 : 0);
     target = (target + LMC_RESERVE_STEP - 1) / LMC_RESERVE_STEP * LMC_RESERVE_STEP;
-    if (writemap && target > info.me_mapsize)
+    if (target > info.me_mapsize)
         target = info.me_mapsize;
-    if (target <= e->reserved)
+    if (target > e->reserved &&
+        fallocate(e->fd, writemap ? FALLOC_FL_KEEP_SIZE : 0, 0, (off_t)target) == 0) {
+        e->reserved = target;
         return 0;
-    if (fallocate(e->fd, writemap ? FALLOC_FL_KEEP_SIZE : 0, 0, (off_t)target) != 0) {
-        if (errno == EOPNOTSUPP || errno == ENOSYS) {
-            e->can_reserve = 0; /* filesystem without fallocate: nothing to do */
-            return 0;
-        }
-        return errno;
     }
-    e->reserved = target;
+    if (target > e->reserved && (errno == EOPNOTSUPP || errno == ENOSYS)) {
+        e->can_reserve = 0; /* filesystem without fallocate: nothing to do */
+        return 0;
+    }
+    rc = target > e->reserved ? errno : 0;
+    if (rc == 0 && e->reserved >= info.me_mapsize)
+        return 0;
+    /* Out of space: what is allocated may do. */
+    if (must > e->reserved)
+        return rc ? rc : ENOSPC;
+    if (kind == LMC_WRITE_GROWS) {
+        free_bytes = env_free_pages(e) * e->page_size;
+        /* freed pages are reused first: they count toward the headroom */
+        must = used + LMC_DELETE_SLACK +
+               (2 * hint + LMC_DELETE_HEADROOM > free_bytes
+                    ? 2 * hint + LMC_DELETE_HEADROOM - free_bytes
+                    : 0);
+        if (must > e->reserved)
+            return rc ? rc : ENOSPC;
+    }
+    return 0;
 #else
     (void)e;
     (void)hint;
     (void)kind;
-#endif
     return 0;
+#endif
 }
 
 /* The size to map: `want`, but never below the data file's size -- under
