@@ -981,9 +981,12 @@ again:
         Py_END_ALLOW_THREADS
         goto again;
     }
+    /* A read-only opener only reads: any open Env of the path serves it. */
     if ((e->flags & MDB_RDONLY) && !opt->readonly)
         clash = "it is open read-only; close those caches to open it for writing";
-    else if (!opt->readonly && ((e->flags & MDB_NOSYNC) == 0) != (opt->sync != 0))
+    else if (opt->readonly)
+        clash = NULL;
+    else if (((e->flags & MDB_NOSYNC) == 0) != (opt->sync != 0))
         clash = "it is open with another durability";
     else if (e->size_limit != opt->size_limit)
         clash = "it is open with another size_limit";
