@@ -493,14 +493,28 @@ void lmc_value_head(lmc_value *out, int tag, double expires, int with_seq, const
  * the whole record except the checksum field itself, each length-prefixed. */
 uint32_t lmc_record_sum(const char *dbname, const MDB_val *key, const char *p, size_t n)
 {
-    uint32_t crc, len = (uint32_t)strlen(dbname);
+    /* one pass over a small buffer holding everything but the payload */
+    unsigned char buf[4 + sizeof(LMC_NS_PREFIX) + LMC_MAX_NS + 4 + LMC_MAX_KEY + LMC_SUM_OFF];
+    uint32_t dl = (uint32_t)strlen(dbname), kl = (uint32_t)key->mv_size, crc;
+    size_t pos = 0;
 
-    crc = lmc_crc32c(0, &len, 4);
-    crc = lmc_crc32c(crc, dbname, len);
-    len = (uint32_t)key->mv_size;
-    crc = lmc_crc32c(crc, &len, 4);
-    crc = lmc_crc32c(crc, key->mv_data, key->mv_size);
-    crc = lmc_crc32c(crc, p, LMC_SUM_OFF);
+    if (LMC_UNLIKELY(dl > sizeof(LMC_NS_PREFIX) + LMC_MAX_NS || kl > LMC_MAX_KEY)) {
+        crc = lmc_crc32c(0, &dl, 4);
+        crc = lmc_crc32c(crc, dbname, dl);
+        crc = lmc_crc32c(crc, &kl, 4);
+        crc = lmc_crc32c(crc, key->mv_data, kl);
+        crc = lmc_crc32c(crc, p, LMC_SUM_OFF);
+    }
+    else {
+        memcpy(buf, &dl, 4);
+        memcpy(buf + 4, dbname, dl);
+        pos = 4 + dl;
+        memcpy(buf + pos, &kl, 4);
+        memcpy(buf + pos + 4, key->mv_data, kl);
+        pos += 4 + kl;
+        memcpy(buf + pos, p, LMC_SUM_OFF);
+        crc = lmc_crc32c(0, buf, pos + LMC_SUM_OFF);
+    }
     return lmc_crc32c(crc, p + LMC_SUM_OFF + 4, n - LMC_SUM_OFF - 4);
 }
 
