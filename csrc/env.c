@@ -69,7 +69,7 @@
  * be emptied: LMDB copies pages on write, a delete needs a few free pages. */
 #define LMC_DELETE_RESERVE ((size_t)1 << 20)
 /* Disk blocks growing writes leave reserved for deletes (see env_reserve). */
-#define LMC_DELETE_HEADROOM ((size_t)1 << 20)
+#define LMC_DELETE_HEADROOM ((size_t)512 << 10)
 #define LMC_DELETE_SLACK ((size_t)256 << 10)
 
 /* With MDB_WRITEMAP, LMDB writes pages through a shared mapping of a sparse
@@ -77,8 +77,8 @@
  * write().  Before every write txn, file blocks are reserved (fallocate) for
  * everything the txn may add past the last used page, so a full disk is an
  * ENOSPC error with nothing written. */
-#define LMC_RESERVE_SLACK ((size_t)2 << 20)
-#define LMC_RESERVE_STEP ((size_t)1 << 20)
+#define LMC_RESERVE_SLACK ((size_t)1 << 20)
+#define LMC_RESERVE_STEP ((size_t)512 << 10)
 
 static lmc_env *registry = NULL;
 
@@ -328,11 +328,10 @@ static int env_reserve(lmc_env *e, size_t hint, int kind)
         return rc ? rc : ENOSPC;
     if (kind == LMC_WRITE_GROWS) {
         free_bytes = env_free_pages(e) * e->page_size;
-        /* freed pages are reused first: they count toward the headroom */
-        must = used + LMC_DELETE_SLACK +
-               (2 * hint + LMC_DELETE_HEADROOM > free_bytes
-                    ? 2 * hint + LMC_DELETE_HEADROOM - free_bytes
-                    : 0);
+        /* freed pages are reused first: a write that fits in them leaves
+         * the tail (and so the deletes' headroom) alone */
+        must = 2 * hint <= free_bytes ? 0 : used + LMC_DELETE_SLACK + LMC_DELETE_HEADROOM +
+                                               2 * hint - free_bytes;
         if (must > e->reserved)
             return rc ? rc : ENOSPC;
     }

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from . import _core
 
-DEFAULT_MAP_SIZE = 1 << 30
+DEFAULT_MAP_SIZE = 2 << 20
 MIN_SIZE_LIMIT = 1 << 16
 MAX_NAMESPACE_BYTES = 200
 _DURABILITY = ("process", "full")
@@ -112,8 +112,10 @@ class Cache(_core.Store, MutableMapping):
     Options (keyword-only):
 
     map_size
-        Bytes of address space reserved up front (default 1 GiB).  The reservation
-        doubles automatically when full, in every process using the cache.
+        Bytes of address space mapped at first (default 2 MiB, or the file's size
+        if larger).  The map doubles automatically when full, in every process
+        using the cache, so the file's apparent size (``ls -l``) stays within
+        about twice the data.
     size_limit
         Maximum bytes of stored data, or ``None`` (default) for no limit.  What
         happens at the limit is set by *eviction_policy*.

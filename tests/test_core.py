@@ -774,7 +774,7 @@ def test_pickled_cache_works_on_same_path_with_same_options(tmp_path):
     default = Cache(str(tmp_path / "d"))
     try:
         assert pickle.loads(pickle.dumps(default)).options == default.options
-        assert default.options == {"map_size": 1 << 30, "size_limit": None, "readonly": False,
+        assert default.options == {"map_size": lmdbcache.cache.DEFAULT_MAP_SIZE, "size_limit": None, "readonly": False,
                                    "durability": "process", "max_readers": 1024,
                                    "eviction_policy": "least-recently-stored", "ttl": None,
                                    "namespace": None, "timeout": 60.0}
