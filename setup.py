@@ -87,7 +87,7 @@ setup(
         Extension(
             "lmdbcache._core",
             sources=["csrc/module.c", "csrc/env.c", "csrc/codec.c", "csrc/evict.c", "csrc/store.c"],
-            depends=["csrc/lmdbcache.h"],
+            depends=["csrc/lmdbcache.h", "csrc/compat.h"],
             include_dirs=include_dirs,
             library_dirs=library_dirs,
             libraries=["lmdb"],
