@@ -3,17 +3,20 @@ async wrappers and the durability guard in Python; every mapping and cache
 operation is a slot or method of the C base class Store."""
 from __future__ import annotations
 
-import asyncio
+# `import lmdbcache` stays cheap (a few ms): modules the hot path does not need
+# (asyncio, typing, warnings) are imported where they are used.
 import contextlib
 import fcntl
 import math
 import os
 import time
-import warnings
 from collections.abc import ItemsView, Iterable, KeysView, Mapping, MutableMapping, ValuesView
-from typing import Any, Iterator
 
 from . import _core
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 DEFAULT_MAP_SIZE = 1 << 30
 MIN_SIZE_LIMIT = 1 << 16
@@ -129,6 +132,8 @@ def _guard(path: str, readonly: bool, current: str | None) -> None:
         if os.path.exists(src):
             os.replace(src, os.path.join(aside, name))
     os.remove(marker)
+    import warnings
+
     warnings.warn(
         f"lmdbcache: the cache in {path!r} was not synced before the machine went down "
         f"(boot {written}), so its file may be torn; it was moved to {aside!r} and the "
@@ -398,6 +403,8 @@ class Cache(_core.Store, MutableMapping):
             # inside this thread's transaction(): another thread would wait for
             # the write lock this thread holds
             return fn(*args, **kwargs)
+        import asyncio  # here, not at the top: importing asyncio costs ~30 ms
+
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def aget(self, key: Any, default: Any = None) -> Any:
