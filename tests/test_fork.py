@@ -647,8 +647,9 @@ def _child_during_big_write(cache, k):
     assert _big_ok(cache.get("big"))
     cache[("child", k)] = k
     assert cache[("child", k)] == k
-    cache["child-big"] = bytes([k]) * (1 << 20)  # a write of its own, > 1 page
-    assert cache["child-big"] == bytes([k]) * (1 << 20)
+    # a write of its own, > 1 page; a key per child, as the children run at once
+    cache[("child-big", k)] = bytes([k]) * (1 << 20)
+    assert cache[("child-big", k)] == bytes([k]) * (1 << 20)
 
 
 def test_fork_while_other_threads_write_and_read(tmp_path):
