@@ -12,6 +12,10 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=${1:-python3}
+case $py in
+    */*) py="$(cd "$(dirname "$py")" && pwd)/$(basename "$py")" ;;  # absolute; the venv link kept
+    *) py=$(command -v "$py") ;;
+esac
 outdir=${2:-$root/dist}
 mkdir -p "$outdir"
 outdir=$(cd "$outdir" && pwd)
