@@ -26,14 +26,14 @@ import sys
 import tarfile
 import tempfile
 
-from setuptools import Extension, setup
-from setuptools.command.build_ext import build_ext
-
 if sys.platform == "win32":
     sys.exit(
         "lmdbcache does not support Windows yet: it relies on fcntl file locks and fork "
         "hooks. It runs on Linux (tested) and macOS (expected to work); on Windows, use WSL."
     )
+
+from setuptools import Extension, setup  # noqa: E402
+from setuptools.command.build_ext import build_ext  # noqa: E402
 
 INSTALL_HINT = """
 lmdbcache needs the LMDB C library and its header (lmdb.h), and could not find them.

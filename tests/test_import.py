@@ -44,3 +44,34 @@ else:
 print('ok')
 """
     assert _run(tmp_path, code).strip() == "ok"
+
+
+def test_windows_is_refused_with_a_clear_message(tmp_path):
+    # sys.platform is faked: the check runs before anything Windows would lack.
+    code = """
+import sys
+sys.platform = "win32"
+try:
+    import lmdbcache
+except ImportError as e:
+    print(e)
+"""
+    out = _run(tmp_path, code)
+    assert "does not support Windows" in out and "WSL" in out
+
+
+def test_setup_py_refuses_windows(tmp_path):
+    import pathlib
+
+    setup_py = pathlib.Path(__file__).resolve().parent.parent / "setup.py"
+    code = f"""
+import sys
+sys.platform = "win32"
+sys.argv = ["setup.py", "--version"]
+try:
+    exec(compile(open({str(setup_py)!r}).read(), "setup.py", "exec"), {{"__name__": "__main__"}})
+except SystemExit as e:
+    print(e.code)
+"""
+    out = _run(tmp_path, code)
+    assert "does not support Windows" in out
