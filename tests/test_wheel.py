@@ -18,6 +18,9 @@ pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the wheel build is Linux's"),
     pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                        reason="needs a C compiler"),
+    # make sanitize preloads ASan into every child: pip and gcc included
+    pytest.mark.skipif(bool(os.environ.get("LMDBCACHE_SANITIZED")),
+                       reason="not under the sanitizer build"),
 ]
 
 SMOKE = textwrap.dedent("""
