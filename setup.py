@@ -17,20 +17,21 @@ LMDBCACHE_STRICT=1 adds -Werror (the test build); LMDBCACHE_SANITIZE=1 builds
 with AddressSanitizer and UndefinedBehaviorSanitizer; LMDBCACHE_DEBUG=1 builds
 with -O0 -g3 and assertions on.
 """
-import os
-import re
-import shlex
-import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
 
 if sys.platform == "win32":
     sys.exit(
         "lmdbcache does not support Windows yet: it relies on fcntl file locks and fork "
         "hooks. It runs on Linux (tested) and macOS (expected to work); on Windows, use WSL."
     )
+
+import os  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tarfile  # noqa: E402
+import tempfile  # noqa: E402
 
 from setuptools import Extension, setup  # noqa: E402
 from setuptools.command.build_ext import build_ext  # noqa: E402
