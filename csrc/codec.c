@@ -157,6 +157,28 @@ static int encode_into(lmc_state *st, kbuf *b, PyObject *key, int depth)
     return encode_pickled(st, b, key);
 }
 
+/* The sha256 constructor, imported on first use: the built-in _sha2 (3.12+)
+ * or _sha256 module, which load in well under a millisecond, else hashlib. */
+static PyObject *lmc_sha256(lmc_state *st)
+{
+    static const char *const mods[] = {"_sha2", "_sha256", "hashlib"};
+    size_t i;
+    for (i = 0; st->sha256 == NULL && i < sizeof(mods) / sizeof(mods[0]); i++) {
+        PyObject *m = PyImport_ImportModule(mods[i]);
+        if (m == NULL) {
+            PyErr_Clear();
+            continue;
+        }
+        st->sha256 = PyObject_GetAttrString(m, "sha256");
+        Py_DECREF(m);
+        if (st->sha256 == NULL)
+            PyErr_Clear();
+    }
+    if (st->sha256 == NULL)
+        PyErr_SetString(PyExc_ImportError, "no sha256 implementation (_sha2, _sha256, hashlib)");
+    return st->sha256;
+}
+
 static int key_digest(lmc_state *st, const unsigned char *p, size_t n, lmc_key *out)
 {
     PyObject *hasher = NULL, *digest = NULL;
@@ -164,6 +186,8 @@ static int key_digest(lmc_state *st, const unsigned char *p, size_t n, lmc_key *
 
     out->r.full = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
     if (out->r.full == NULL)
+        goto done;
+    if (lmc_sha256(st) == NULL)
         goto done;
     hasher = PyObject_CallOneArg(st->sha256, out->r.full);
     if (hasher == NULL)

@@ -18,6 +18,7 @@
 #define LMDBCACHE_H
 
 #define PY_SSIZE_T_CLEAN
+#include "compat.h" /* first: Python.h, and shims for older Pythons */
 #include <Python.h>
 #include <lmdb.h>
 #include <pthread.h>

@@ -6,6 +6,15 @@
     >>> cache["answer"]
     {'value': 42}
 """
+import sys as _sys
+
+if _sys.platform == "win32":
+    raise ImportError(
+        "lmdbcache does not support Windows yet: it relies on fcntl file locks and "
+        "fork hooks. It runs on Linux (tested) and macOS (expected to work). "
+        "On Windows, use it under WSL."
+    )
+
 from . import _fork
 from ._core import (
     FORMAT_VERSION,
@@ -18,7 +27,10 @@ from ._core import (
     lmdb_version,
 )
 from .cache import Cache
-from .memo import memoize
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .memo import memoize
 
 LMDBCache = Cache  # the name used by the document lmdbcache grew from
 
@@ -39,3 +51,14 @@ __all__ = [
 ]
 
 _fork.register()
+
+
+def __getattr__(name: str):
+    # memoize lives in .memo, which imports inspect, hashlib and threading:
+    # loaded on first use, so that `import lmdbcache` stays cheap.
+    if name == "memoize":
+        from .memo import memoize
+
+        globals()["memoize"] = memoize
+        return memoize
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

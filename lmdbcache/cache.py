@@ -3,13 +3,17 @@ async wrappers and the durability guard in Python; every mapping and cache
 operation is a slot or method of the C base class Store."""
 from __future__ import annotations
 
-import asyncio
+# `import lmdbcache` stays cheap (a few ms): modules the hot path does not need
+# (asyncio, typing, warnings) are imported where they are used.
 import math
 import os
 from collections.abc import ItemsView, Iterable, KeysView, Mapping, MutableMapping, ValuesView
-from typing import Any, Iterator
 
 from . import _core
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 DEFAULT_MAP_SIZE = 2 << 20
 MIN_SIZE_LIMIT = 1 << 16
@@ -357,6 +361,8 @@ class Cache(_core.Store, MutableMapping):
             # inside this thread's transaction(): another thread would wait for
             # the write lock this thread holds
             return fn(*args, **kwargs)
+        import asyncio  # here, not at the top: importing asyncio costs ~30 ms
+
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def aget(self, key: Any, default: Any = None) -> Any:

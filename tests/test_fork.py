@@ -37,6 +37,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*multi-threaded.*:DeprecationWarning"),
 ]
 
+# -P (3.11+): the child does not import lmdbcache from its working directory;
+# on 3.10 the suite runs from a directory without the source package instead.
+SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
 TIMEOUT = 60  # seconds any single wait may take before the test fails
 ROUNDS = 20  # repetitions of the seed's two broken cases
 WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_workers.py")
@@ -175,7 +178,7 @@ def join(p, expected=0, timeout=TIMEOUT):
 def run_python(code, *args, timeout=TIMEOUT):
     """Run `code` in a fresh interpreter; a hang fails the test."""
     try:
-        out = subprocess.run([sys.executable, "-P", "-c", textwrap.dedent(code), *args],
+        out = subprocess.run([sys.executable, *SAFE_PATH, "-c", textwrap.dedent(code), *args],
                              capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         pytest.fail(f"subprocess hung for {timeout} s:\n{code}")
@@ -211,7 +214,7 @@ class ReaderTable:
     def __init__(self, path):
         pytest.importorskip("lmdb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", WORKERS, "reader-table", str(path)],
+            [sys.executable, *SAFE_PATH, WORKERS, "reader-table", str(path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def pids(self):
@@ -371,7 +374,7 @@ def test_children_exit_through_the_interpreter(tmp_path):
     # interpreter's own teardown frees the inherited Cache in the child.
     path = str(tmp_path / "c")
     try:
-        out = subprocess.run([sys.executable, "-P", WORKERS, "fork-exits", path, str(ROUNDS)],
+        out = subprocess.run([sys.executable, *SAFE_PATH, WORKERS, "fork-exits", path, str(ROUNDS)],
                              capture_output=True, text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         pytest.fail("fork-exits scenario hung")
@@ -644,8 +647,9 @@ def _child_during_big_write(cache, k):
     assert _big_ok(cache.get("big"))
     cache[("child", k)] = k
     assert cache[("child", k)] == k
-    cache["child-big"] = bytes([k]) * (1 << 20)  # a write of its own, > 1 page
-    assert cache["child-big"] == bytes([k]) * (1 << 20)
+    # a write of its own, > 1 page; a key per child, as the children run at once
+    cache[("child-big", k)] = bytes([k]) * (1 << 20)
+    assert cache[("child-big", k)] == bytes([k]) * (1 << 20)
 
 
 def test_fork_while_other_threads_write_and_read(tmp_path):
@@ -923,7 +927,7 @@ def test_reader_table_full_of_dead_readers(tmp_path):
     cache["k"] = "v"
     slots = cache._env_info()["max_readers"]
     late = subprocess.Popen(
-        [sys.executable, "-P", "-c", textwrap.dedent("""
+        [sys.executable, *SAFE_PATH, "-c", textwrap.dedent("""
             import sys, lmdbcache
             c = lmdbcache.Cache(sys.argv[1], max_readers=126)
             print("opened", flush=True)
@@ -979,7 +983,7 @@ def _exec_listing(child_setup=None):
             if child_setup is not None:
                 child_setup()
             os.dup2(w, 1)
-            os.execv(sys.executable, [sys.executable, "-P", "-c", fd_targets_of_exec()])
+            os.execv(sys.executable, [sys.executable, *SAFE_PATH, "-c", fd_targets_of_exec()])
         finally:
             os._exit(127)
     os.close(w)
@@ -990,7 +994,7 @@ def _exec_listing(child_setup=None):
 
 
 def _subprocess_listing():
-    out = subprocess.run([sys.executable, "-P", "-c", fd_targets_of_exec()],
+    out = subprocess.run([sys.executable, *SAFE_PATH, "-c", fd_targets_of_exec()],
                          close_fds=False, capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr
     return set(json.loads(out.stdout).values())
