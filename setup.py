@@ -86,7 +86,8 @@ setup(
     ext_modules=[
         Extension(
             "lmdbcache._core",
-            sources=["csrc/module.c", "csrc/env.c", "csrc/codec.c", "csrc/evict.c", "csrc/store.c"],
+            sources=["csrc/module.c", "csrc/env.c", "csrc/codec.c", "csrc/evict.c", "csrc/store.c",
+                     "csrc/maint.c"],
             depends=["csrc/lmdbcache.h"],
             include_dirs=include_dirs,
             library_dirs=library_dirs,

@@ -5,6 +5,7 @@
  *   env.c     Env: one MDB_env per directory per process, txn discipline, map growth
  *   codec.c   key and value encodings (the on-disk format), pickle via module state
  *   store.c   the Store type (the mapping) and its iterator type
+ *   maint.c   maintenance: copy/compact, environment survey, record walk (verify)
  *
  * Everything here runs with the GIL held unless a comment says otherwise.
  */
@@ -363,6 +364,19 @@ int lmc_record_matches(const lmc_record *rec, const lmc_kref *key);
 PyObject *lmc_record_take(const lmc_record *rec, int *pickled);
 /* Phase 2, after the txn ended: unpickle a copied payload (steals ref). */
 PyObject *lmc_value_finish(lmc_state *st, PyObject *obj, int pickled, const char *path);
+
+/* ---- maintenance (maint.c) ------------------------------------------------------
+ * The caller holds a reference on the Env (e->refcnt) for the whole call. */
+
+/* Copy the environment into the existing directory dest_dir (which must hold
+ * no data.mdb), compacting with MDB_CP_COMPACT when compact is non-zero, and
+ * flush the copy to disk.  Releases the GIL around the copy.  Returns an
+ * LMDB/errno code. */
+int lmc_env_copy(lmc_env *e, const char *dest_dir, int compact);
+/* Store._maint(op, ...): "survey" -> dict (other reader pids, sub-databases,
+ * sizes); "scan", after, limit -> dict (a chunk of the record walk of dbi). */
+PyObject *lmc_maint(lmc_state *st, lmc_env *e, MDB_dbi dbi, PyObject *const *args,
+                    Py_ssize_t nargs);
 
 /* ---- store (store.c) ------------------------------------------------------- */
 

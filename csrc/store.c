@@ -1524,6 +1524,48 @@ error:
     return NULL;
 }
 
+/* ---- maintenance (maint.c) --------------------------------------------------
+ * Each call holds a reference on the Env for its whole duration. */
+
+static PyObject *store_copy(StoreObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *dest = NULL;
+    lmc_env *e;
+    int compact, rc;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_copy(dest, compact) takes 2 arguments");
+        return NULL;
+    }
+    if (!PyUnicode_FSConverter(args[0], &dest))
+        return NULL;
+    if ((compact = PyObject_IsTrue(args[1])) < 0 || (e = store_env(self)) == NULL) {
+        Py_DECREF(dest);
+        return NULL;
+    }
+    e->refcnt++;
+    rc = lmc_env_copy(e, PyBytes_AS_STRING(dest), compact);
+    if (rc != 0)
+        lmc_raise(self->state, rc, "copy the cache", PyBytes_AS_STRING(dest));
+    lmc_env_release(e);
+    Py_DECREF(dest);
+    if (rc != 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *store_maint(StoreObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    lmc_env *e = store_env(self);
+    PyObject *r;
+    if (e == NULL)
+        return NULL;
+    e->refcnt++;
+    r = lmc_maint(self->state, e, self->dbi, args, nargs);
+    lmc_env_release(e);
+    return r;
+}
+
 /* ---- iteration --------------------------------------------------------------- */
 
 static PyObject *store_make_iter(StoreObject *self, int mode)
@@ -1766,6 +1808,10 @@ static PyMethodDef store_methods[] = {
      "_iter(mode): iterator over keys (0), values (1) or items (2)."},
     {"_env_info", (PyCFunction)store_env_info, METH_NOARGS,
      "Map size, bytes used, page size and reader counts of the environment."},
+    {"_copy", FAST(store_copy),
+     "_copy($self, dest, compact, /)\n--\n\nCopy the environment into directory dest."},
+    {"_maint", FAST(store_maint),
+     "_maint($self, op, /, *args)\n--\n\nMaintenance: 'survey', or 'scan' after limit."},
     {NULL, NULL, 0, NULL},
 };
 
