@@ -240,7 +240,9 @@ class Cache(_core.Store, MutableMapping):
             map_size=map_size,
             size_limit=size_limit or 0,
             readonly=readonly,
-            sync=durability == "full",
+            # a read-only open never writes: its sync flag is moot, and passing
+            # the same one always lets read-only opens share the Env
+            sync=durability == "full" or readonly,
             max_readers=max_readers,
             namespace=namespace or "",
             ttl=ttl or 0.0,
