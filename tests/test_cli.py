@@ -311,18 +311,21 @@ class Terminal:
     """A tmux server of our own running one command in a 120x30 terminal."""
 
     def __init__(self, tmp_path):
-        self.socket = f"lmdbcache-test-{uuid.uuid4().hex[:8]}"
+        self.sockets = []
         self.tmp = tmp_path
 
-    def tmux(self, *args):
-        return subprocess.run([tmux, "-L", self.socket, *args], capture_output=True,
-                              text=True, timeout=30)
+    def tmux(self, *args, socket=None):
+        return subprocess.run([tmux, "-L", socket or self.sockets[-1], *args],
+                              capture_output=True, text=True, timeout=30)
 
     def run(self, *args, wait=TIMEOUT):
         cmd = " ".join([sys.executable, "-P", "-m", "lmdbcache", *args])
         script = self.tmp / f"run-{uuid.uuid4().hex[:6]}.sh"
         script.write_text(f"cd {self.tmp}\n{cmd}\necho EXIT=$?\nsleep 600\n")
-        self.tmux("kill-server")
+        if self.sockets:
+            self.tmux("kill-server")
+        # a server of its own per command: no reuse of a server shutting down
+        self.sockets.append(f"lmdbcache-test-{uuid.uuid4().hex[:8]}")
         started = self.tmux("new-session", "-d", "-x", "120", "-y", "30", "sh", str(script))
         assert started.returncode == 0, started.stderr
         deadline = time.monotonic() + wait
@@ -334,7 +337,8 @@ class Terminal:
         pytest.fail(f"command did not finish: {self.tmux('capture-pane', '-p').stdout}")
 
     def close(self):
-        self.tmux("kill-server")
+        for socket in self.sockets:
+            self.tmux("kill-server", socket=socket)
 
 
 @pytest.fixture
