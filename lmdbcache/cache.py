@@ -451,6 +451,8 @@ class Cache(_core.Store, MutableMapping):
         try:
             with _Progress(progress, target, total):
                 self._copy(dest, bool(compact))
+            # LMDB creates the copy with the umask's mode: give it the cache's
+            _copy_mode(os.path.join(self.path, "data.mdb"), target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.remove(target)
@@ -492,6 +494,7 @@ class Cache(_core.Store, MutableMapping):
             try:
                 with _Progress(progress, os.path.join(tmp, "data.mdb"), survey["used_bytes"]):
                     self._copy(tmp, True)
+                _copy_mode(data, os.path.join(tmp, "data.mdb"))
                 again = self._survey()
                 _refuse_if_shared(path, again)
                 if again["last_txnid"] != survey["last_txnid"]:
@@ -693,6 +696,13 @@ def _refuse_if_shared(path: str, survey: dict) -> None:
         raise _core.Error(
             f"cannot compact '{path}': other Cache objects of this process use it "
             "(namespaces, memoize, iterators); close them first")
+
+
+def _copy_mode(src: str, dst: str) -> None:
+    try:
+        os.chmod(dst, os.stat(src).st_mode & 0o7777)
+    except FileNotFoundError:
+        pass
 
 
 def _file_sizes(path: str) -> tuple:

@@ -18,6 +18,8 @@ def test_copy_is_consistent_and_durable(cache, tmp_path):
     cache.copy(tmp_path / "a", progress=lambda done, total: seen.append((done, total)))
     assert seen[0][0] == 0 and seen[-1][0] == seen[-1][1]
     cache.copy(str(tmp_path / "b"), compact=True)
+    mode = os.stat(os.path.join(cache.path, "data.mdb")).st_mode & 0o777
+    assert os.stat(tmp_path / "b" / "data.mdb").st_mode & 0o777 == mode
     for d in ("a", "b"):
         with lmdbcache.Cache(tmp_path / d) as c:
             assert len(c) == 5000 and c.namespace("ns")["k"] == "v"
@@ -43,7 +45,10 @@ def test_copy_refusals(cache, tmp_path):
 def test_compact_shrinks_and_keeps_everything(cache):
     fill(cache, 30000)
     cache.delete_many(range(29000))
+    data = os.path.join(cache.path, "data.mdb")
+    os.chmod(data, 0o600)
     result = cache.compact()
+    assert os.stat(data).st_mode & 0o777 == 0o600  # the swapped-in file keeps the mode
     assert isinstance(result, lmdbcache.CompactResult)
     assert result.after_disk < result.before_disk / 4
     assert result.after_bytes == os.stat(os.path.join(cache.path, "data.mdb")).st_size
