@@ -17,7 +17,8 @@ from ._core import (
     ReadOnlyError,
     lmdb_version,
 )
-from .cache import Cache
+from .cache import Cache, CompactResult, Problem, VerifyReport
+from .contrib.joblib import Memory
 from .memo import memoize
 
 LMDBCache = Cache  # the name used by the document lmdbcache grew from
@@ -28,6 +29,10 @@ __all__ = [
     "Cache",
     "LMDBCache",
     "memoize",
+    "Memory",
+    "VerifyReport",
+    "Problem",
+    "CompactResult",
     "Error",
     "MapFullError",
     "ReadOnlyError",
