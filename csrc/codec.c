@@ -651,7 +651,7 @@ int lmc_record_matches(const lmc_record *rec, const lmc_kref *key)
  * the Env's read txn is checked (GIL held): a write txn's dirty pages may
  * live outside the map.
  * The file grows under other processes: before saying no, look again. */
-static int in_file(lmc_env *e, MDB_txn *txn, const char *p, size_t n)
+int lmc_record_in_file(lmc_env *e, MDB_txn *txn, const char *p, size_t n)
 {
     struct stat sb;
     if (txn != e->rtxn || e->map_lo == NULL)
@@ -677,7 +677,7 @@ int lmc_lookup(lmc_env *e, MDB_txn *txn, MDB_dbi dbi, const char *dbname, const 
     }
     if (rc != 0)
         return rc;
-    if (LMC_UNLIKELY(!in_file(e, txn, v.mv_data, v.mv_size)))
+    if (LMC_UNLIKELY(!lmc_record_in_file(e, txn, v.mv_data, v.mv_size)))
         *why = "the record lies outside the data file";
     else
         *why = lmc_record_check(dbname, &key->val, v.mv_data, v.mv_size, rec);

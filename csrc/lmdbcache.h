@@ -11,6 +11,9 @@
  *   store.c       the Store type: construction, slots, single-key methods
  *   batch.c       multi-key methods, scans, transactions, introspection
  *   iter.c        the iterator over keys, values or items
+ *   rmw.c         the read-modify-write methods: incr, touch
+ *   args.c        argument parsing helpers of the Store methods
+ *   maint.c       maintenance: copy/compact, environment survey, record walk (verify)
  *
  * Everything here runs with the GIL held unless a comment says otherwise.
  */
@@ -443,6 +446,9 @@ uint32_t lmc_crc32c(uint32_t crc, const void *p, size_t n);
 #define LMC_CORRUPT 3
 int lmc_lookup(lmc_env *e, MDB_txn *txn, MDB_dbi dbi, const char *dbname, const lmc_kref *key,
                lmc_record *rec, int *status, const char **why);
+/* Does [p, p+n), read in txn, lie in the part of the map the data file backs?
+ * (Checked for the Env's read txn only; looks at the file again before no.) */
+int lmc_record_in_file(lmc_env *e, MDB_txn *txn, const char *p, size_t n);
 /* Validate and parse; returns -1 with CorruptError set on bad bytes. */
 int lmc_record_parse(lmc_state *st, const char *p, size_t n, lmc_record *rec,
                      const char *path);
@@ -455,7 +461,7 @@ PyObject *lmc_record_take(const lmc_record *rec, int *pickled);
 /* Phase 2, after the txn ended: unpickle a copied payload (steals ref). */
 PyObject *lmc_value_finish(lmc_state *st, PyObject *obj, int pickled, const char *path);
 
-/* ---- store (store.c, batch.c, iter.c) ----------------------------------------- */
+/* ---- store (store.c, batch.c, iter.c, rmw.c, args.c) ----------------------------------------- */
 
 typedef struct {
     PyObject_HEAD
@@ -505,6 +511,11 @@ Py_ssize_t lmc_store_remove(StoreObject *self, PyObject *const *keys, Py_ssize_t
 int lmc_objs_from(PyObject *iterable, const char *what, PyObject ***out, Py_ssize_t *n);
 void lmc_objs_free(PyObject **objs, Py_ssize_t n);
 
+/* rmw.c */
+PyObject *lmc_store_incr(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
+                         PyObject *kwnames);
+PyObject *lmc_store_touch(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames);
 /* batch.c */
 PyObject *lmc_store_get_many(StoreObject *self, PyObject *keys);
 PyObject *lmc_store_set_many(StoreObject *self, PyObject *const *args, Py_ssize_t nargs);
@@ -580,6 +591,18 @@ typedef struct {
 int lmc_prefix_scan(MDB_txn *txn, lmc_prefix_arg *a);
 int lmc_prefix_fn(MDB_txn *txn, lmc_env *e, void *arg);
 int lmc_noop_fn(MDB_txn *txn, lmc_env *e, void *arg);
+
+/* ---- maintenance (maint.c) ------------------------------------------------------
+ * Store methods following THE RULE (lmc_store_enter/lmc_store_leave). */
+
+/* Store._copy(dest, compact): copy the environment into the existing
+ * directory dest (which must hold no data.mdb), compacting with
+ * MDB_CP_COMPACT when compact is true, and flush the copy to disk. */
+PyObject *lmc_store_copy(StoreObject *self, PyObject *const *args, Py_ssize_t nargs);
+/* Store._maint(op, ...): "survey" -> dict (other reader pids, sub-databases,
+ * sizes, format); "scan", after, limit -> dict (a chunk of the record walk of
+ * this namespace, every record's checksum verified). */
+PyObject *lmc_store_maint(StoreObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 extern PyType_Spec lmc_store_spec;
 extern PyType_Spec lmc_iter_spec;

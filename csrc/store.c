@@ -2,8 +2,9 @@
  * store.c -- the Store type: the mapping over one namespace of one LMDB
  * environment.  Construction, the Env of a Store (lmc_store_enter, THE RULE of
  * env.c), the mapping slots and the single-key methods; the method table.
- * Multi-key methods and scans are in batch.c, the iterator in iter.c, and the
- * bodies of write txns in txnops.c.
+ * Multi-key methods and scans are in batch.c, the iterator in iter.c, the
+ * bodies of write txns in txnops.c, incr and touch in rmw.c, argument helpers
+ * in args.c and Store._copy and Store._maint in maint.c.
  *
  * Reentrancy: user code (pickle's __reduce__/__setstate__, __hash__, GC
  * finalizers) never runs while a read txn is live: values are copied out of
@@ -15,7 +16,6 @@
  */
 #include "lmdbcache.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,36 +107,6 @@ void lmc_store_count(StoreObject *self, const lmc_evict_counts *c)
     self->expirations += c->expired;
 }
 
-int lmc_objs_from(PyObject *iterable, const char *what, PyObject ***out, Py_ssize_t *n)
-{
-    PyObject *seq = PySequence_Fast(iterable, what), **objs;
-    Py_ssize_t i, len;
-
-    if (seq == NULL)
-        return -1;
-    len = PySequence_Fast_GET_SIZE(seq);
-    objs = PyMem_Malloc(((size_t)len + 1) * sizeof(*objs));
-    if (objs == NULL) {
-        Py_DECREF(seq);
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (i = 0; i < len; i++)
-        objs[i] = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
-    Py_DECREF(seq);
-    *out = objs;
-    *n = len;
-    return 0;
-}
-
-void lmc_objs_free(PyObject **objs, Py_ssize_t n)
-{
-    Py_ssize_t i;
-    for (i = 0; i < n; i++)
-        Py_DECREF(objs[i]);
-    PyMem_Free(objs);
-}
-
 static void raise_key_error(PyObject *key)
 {
     PyObject *t = PyTuple_Pack(1, key);
@@ -144,77 +114,6 @@ static void raise_key_error(PyObject *key)
         PyErr_SetObject(PyExc_KeyError, t);
         Py_DECREF(t);
     }
-}
-
-/* ttl argument: None -> the default; a positive number of seconds.  Returns
- * the absolute expiry (0 = none) in *expires, or -1 with an exception. */
-int lmc_parse_ttl(StoreObject *self, PyObject *ttl, double *expires)
-{
-    double t;
-    if (ttl == NULL || ttl == Py_None) {
-        *expires = self->ttl > 0 ? lmc_now() + self->ttl : 0;
-        return 0;
-    }
-    if (PyBool_Check(ttl) || !(PyFloat_Check(ttl) || PyLong_Check(ttl))) {
-        PyErr_Format(PyExc_TypeError, "ttl must be a number of seconds or None, not %.100s",
-                     Py_TYPE(ttl)->tp_name);
-        return -1;
-    }
-    t = PyFloat_AsDouble(ttl);
-    if (t == -1.0 && PyErr_Occurred())
-        return -1;
-    if (!(t > 0) || isinf(t)) {
-        PyErr_Format(PyExc_ValueError, "ttl must be a positive, finite number of seconds, got %R",
-                     ttl);
-        return -1;
-    }
-    *expires = lmc_now() + t;
-    return 0;
-}
-
-/* Parse (key, value=?, *, ttl=None)-style fastcall arguments: positional up
- * to npos, then keywords by name. */
-int lmc_parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                      const char *fname, const char *const *names, int nreq, int nmax,
-                      PyObject **out)
-{
-    Py_ssize_t i, j, nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-
-    for (i = 0; i < nmax; i++)
-        out[i] = NULL;
-    if (nargs > nmax) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname,
-                     nmax, nargs);
-        return -1;
-    }
-    for (i = 0; i < nargs; i++)
-        out[i] = args[i];
-    for (j = 0; j < nkw; j++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, j);
-        for (i = 0; i < nmax; i++) {
-            if (PyUnicode_CompareWithASCIIString(name, names[i]) == 0)
-                break;
-        }
-        if (i == nmax) {
-            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname,
-                         name);
-            return -1;
-        }
-        if (out[i] != NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
-                         names[i]);
-            return -1;
-        }
-        out[i] = args[nargs + j];
-    }
-    for (i = 0; i < nreq; i++) {
-        if (out[i] == NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
-                         names[i]);
-            return -1;
-        }
-    }
-    return 0;
 }
 
 /* ---- construction ---------------------------------------------------------- */
@@ -721,147 +620,71 @@ static PyObject *store_pop(StoreObject *self, PyObject *const *args, Py_ssize_t 
     return NULL;
 }
 
-/* Run a read-modify-write fn on key: returns its code (0, an LMDB code or
- * LMC_ERR_*), or -1 with an exception set. */
-static int store_rmw(StoreObject *self, PyObject *key, lmc_write_fn fn, lmc_rmw_arg *a,
-                     size_t hint, const char *op)
-{
-    lmc_evict_counts counts = {0, 0};
-    lmc_env *e;
-    lmc_key k;
-    MDB_dbi dbi;
-    int rc = -1;
-
-    if (lmc_store_check_writable(self) < 0 || (e = lmc_store_enter(self, &dbi)) == NULL)
-        return -1;
-    if (lmc_key_encode(self->state, key, &k) < 0)
-        goto leave;
-    a->dbi = dbi;
-    a->dbname = self->dbname;
-    a->key = &k.r;
-    rc = lmc_env_write(e, fn, a, LMC_WRITE_GROWS, hint + k.r.val.mv_size, &counts);
-    lmc_store_count(self, &counts);
-    lmc_key_clear(&k);
-    if (rc != 0 && rc != LMC_ERR_NOT_INT && rc != LMC_ERR_OVERFLOW) {
-        lmc_raise_env(self->state, rc, op, e);
-        rc = -1;
-    }
-leave:
-    lmc_store_leave(e);
-    return rc;
-}
-
-static int as_long_long(PyObject *obj, const char *name, long long *out)
-{
-    int overflow;
-    if (PyBool_Check(obj) || !PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", name,
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    *out = PyLong_AsLongLongAndOverflow(obj, &overflow);
-    if (*out == -1 && PyErr_Occurred())
-        return -1;
-    if (overflow) {
-        PyErr_Format(PyExc_OverflowError, "%s does not fit in 64 bits", name);
-        return -1;
-    }
-    return 0;
-}
-
-static PyObject *store_incr(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
-                            PyObject *kwnames)
-{
-    static const char *const names[] = {"key", "delta", "default"};
-    PyObject *p[3];
-    lmc_rmw_arg a;
-    int rc;
-
-    if (lmc_parse_args(args, nargs, kwnames, "incr", names, 1, 3, p) < 0)
-        return NULL;
-    a.delta = 1;
-    a.dflt = 0;
-    if ((p[1] != NULL && as_long_long(p[1], "delta", &a.delta) < 0) ||
-        (p[2] != NULL && as_long_long(p[2], "default", &a.dflt) < 0))
-        return NULL;
-    a.expires = self->ttl > 0 ? lmc_now() + self->ttl : 0;
-    rc = store_rmw(self, p[0], lmc_incr_fn, &a, 64, "increment a value");
-    if (rc == -1)
-        return NULL;
-    if (rc == LMC_ERR_NOT_INT) {
-        PyErr_Format(PyExc_TypeError,
-                     "cannot increment %R in '%s': its value is not an int in the 64-bit range",
-                     p[0], self->path);
-        return NULL;
-    }
-    if (rc == LMC_ERR_OVERFLOW) {
-        PyErr_Format(PyExc_OverflowError,
-                     "incrementing %R in '%s' would leave the 64-bit range", p[0], self->path);
-        return NULL;
-    }
-    self->sets++;
-    return PyLong_FromLongLong(a.result);
-}
-
-static PyObject *store_touch(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
-                             PyObject *kwnames)
-{
-    static const char *const names[] = {"key", "ttl"};
-    PyObject *p[2];
-    lmc_rmw_arg a;
-
-    if (lmc_parse_args(args, nargs, kwnames, "touch", names, 1, 2, p) < 0 ||
-        lmc_parse_ttl(self, p[1], &a.expires) < 0)
-        return NULL;
-    if (store_rmw(self, p[0], lmc_touch_fn, &a, 0, "touch a key") != 0)
-        return NULL;
-    return PyBool_FromLong(a.found);
-}
-
 /* ---- type specs ------------------------------------------------------------ */
 
 #define FASTKW(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL | METH_KEYWORDS
 #define FAST(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL
 
 static PyMethodDef store_methods[] = {
-    {"get", FASTKW(store_get), "get(key, default=None): the value under key, or default."},
-    {"set", FASTKW(store_set), "set(key, value, ttl=None): store value under key."},
+    {"get", FASTKW(store_get),
+     "get($self, key, default=None)\n--\n\nThe value under key, or default."},
+    {"set", FASTKW(store_set),
+     "set($self, key, value, ttl=None)\n--\n\nStore value under key (ttl: seconds to live)."},
     {"add", FASTKW(store_add),
-     "add(key, value, ttl=None) -> bool: store only if key is absent (atomic)."},
-    {"incr", FASTKW(store_incr),
-     "incr(key, delta=1, default=0) -> int: add delta to an int value (atomic)."},
-    {"touch", FASTKW(store_touch),
-     "touch(key, ttl=None) -> bool: give key a new time-to-live."},
+     "add($self, key, value, ttl=None)\n--\n\n"
+     "Store only if key is absent (atomic); True if stored."},
+    {"incr", FASTKW(lmc_store_incr),
+     "incr($self, key, delta=1, default=0)\n--\n\n"
+     "Add delta to the int under key (atomic) and return the result."},
+    {"touch", FASTKW(lmc_store_touch),
+     "touch($self, key, ttl=None)\n--\n\nGive key a new time-to-live; True if present."},
     {"delete", (PyCFunction)store_delete, METH_O,
-     "delete(key) -> bool: remove key; True if it was present."},
-    {"pop", FAST(store_pop), "pop(key[, default]): remove key and return its value (atomic)."},
+     "delete($self, key, /)\n--\n\nRemove key; True if it was present."},
+    /* no text signature: default has no value that means "absent" */
+    {"pop", FAST(store_pop),
+     "pop(key[, default])\n\nRemove key and return its value (atomic); default, or\n"
+     "KeyError, when absent."},
     {"get_many", (PyCFunction)lmc_store_get_many, METH_O,
-     "get_many(keys) -> dict: the hits among keys, read in one transaction."},
-    {"_set_many", FAST(lmc_store_set_many), "_set_many(pairs, ttl=None): store (key, value) tuples or lists in one transaction."},
+     "get_many($self, keys, /)\n--\n\nThe hits among keys as a dict, read in one transaction."},
+    {"_set_many", FAST(lmc_store_set_many),
+     "_set_many($self, pairs, ttl=None, /)\n--\n\n"
+     "Store (key, value) tuples or lists in one transaction."},
     {"delete_many", (PyCFunction)lmc_store_delete_many, METH_O,
-     "delete_many(keys) -> int: remove keys in one transaction; how many were present."},
-    {"clear", (PyCFunction)lmc_store_clear, METH_NOARGS, "Remove every entry of this namespace."},
+     "delete_many($self, keys, /)\n--\n\n"
+     "Remove keys in one transaction; how many were present."},
+    {"clear", (PyCFunction)lmc_store_clear, METH_NOARGS,
+     "clear($self, /)\n--\n\nRemove every entry of this namespace."},
     {"expire", (PyCFunction)lmc_store_expire, METH_NOARGS,
-     "expire() -> int: remove expired entries; how many."},
+     "expire($self, /)\n--\n\nRemove expired entries; how many."},
     {"close", (PyCFunction)store_close, METH_NOARGS,
-     "Release the environment; the next use reopens it."},
-    {"sync", (PyCFunction)lmc_store_sync, METH_NOARGS, "Flush every committed write to disk."},
+     "close($self, /)\n--\n\nRelease the environment; the next use reopens it."},
+    {"sync", (PyCFunction)lmc_store_sync, METH_NOARGS,
+     "sync($self, /)\n--\n\nFlush every committed write to disk."},
     {"stats", FASTKW(lmc_store_stats),
-     "stats(reset=False) -> dict: this object's hit/miss/set/delete/eviction counts."},
+     "stats($self, reset=False)\n--\n\n"
+     "This object's hit/miss/set/delete/eviction counts as a dict."},
     {"transaction", (PyCFunction)lmc_store_transaction, METH_NOARGS,
-     "transaction() -> context manager: every write inside commits together, or none does."},
-    {"_txn_begin", (PyCFunction)lmc_store_txn_begin, METH_NOARGS, "Begin this thread's transaction."},
-    {"_txn_end", (PyCFunction)lmc_store_txn_end, METH_O, "_txn_end(commit): end it."},
+     "transaction($self, /)\n--\n\n"
+     "A context manager: every write inside commits together, or none does."},
+    {"_txn_begin", (PyCFunction)lmc_store_txn_begin, METH_NOARGS,
+     "_txn_begin($self, /)\n--\n\nBegin this thread's transaction."},
+    {"_txn_end", (PyCFunction)lmc_store_txn_end, METH_O,
+     "_txn_end($self, commit, /)\n--\n\nEnd this thread's transaction."},
     {"_in_txn", (PyCFunction)lmc_store_in_txn, METH_NOARGS,
-     "Whether this thread has a transaction open."},
+     "_in_txn($self, /)\n--\n\nWhether this thread has a transaction open."},
     {"_prefix_count", (PyCFunction)lmc_store_prefix_count, METH_O,
-     "_prefix_count(tuple) -> int: keys extending the tuple key (a, b, ...)."},
+     "_prefix_count($self, prefix, /)\n--\n\nKeys extending the tuple key (a, b, ...)."},
     {"_prefix_delete", (PyCFunction)lmc_store_prefix_delete, METH_O,
-     "_prefix_delete(tuple) -> int: delete the keys extending the tuple key."},
+     "_prefix_delete($self, prefix, /)\n--\n\nDelete the keys extending the tuple key."},
     {"_iter", (PyCFunction)lmc_store_iter_mode, METH_O,
-     "_iter(mode): iterator over keys (0), values (1) or items (2)."},
+     "_iter($self, mode, /)\n--\n\nIterator over keys (0), values (1) or items (2)."},
     {"_env_info", (PyCFunction)lmc_store_env_info, METH_NOARGS,
+     "_env_info($self, /)\n--\n\n"
      "Map size, bytes used, page size and reader counts of the environment."},
+    {"_copy", FAST(lmc_store_copy),
+     "_copy($self, dest, compact, /)\n--\n\nCopy the environment into directory dest."},
+    {"_maint", FAST(lmc_store_maint),
+     "_maint($self, op, /, *args)\n--\n\nMaintenance: 'survey', or 'scan' after limit."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -26,10 +26,11 @@ from ._core import (
     ReadOnlyError,
     lmdb_version,
 )
-from .cache import Cache
+from .cache import Cache, CompactResult, Problem, VerifyReport
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .contrib.joblib import Memory
     from .memo import memoize
 
 LMDBCache = Cache  # the name used by the document lmdbcache grew from
@@ -40,6 +41,10 @@ __all__ = [
     "Cache",
     "LMDBCache",
     "memoize",
+    "Memory",
+    "VerifyReport",
+    "Problem",
+    "CompactResult",
     "Error",
     "MapFullError",
     "ReadOnlyError",
@@ -61,4 +66,9 @@ def __getattr__(name: str):
 
         globals()["memoize"] = memoize
         return memoize
+    if name == "Memory":
+        from .contrib.joblib import Memory
+
+        globals()["Memory"] = Memory
+        return Memory
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

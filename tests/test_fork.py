@@ -647,7 +647,8 @@ def _child_during_big_write(cache, k):
     assert _big_ok(cache.get("big"))
     cache[("child", k)] = k
     assert cache[("child", k)] == k
-    # a write of its own, > 1 page; a key per child, as the children run at once
+    # a write of its own, > 1 page, under a key of its own: the children run
+    # at the same time, and a shared key may hold a sibling's value by now
     cache[("child-big", k)] = bytes([k]) * (1 << 20)
     assert cache[("child-big", k)] == bytes([k]) * (1 << 20)
 
