@@ -26,10 +26,11 @@ from ._core import (
     ReadOnlyError,
     lmdb_version,
 )
-from .cache import Cache, CompactResult, Problem, VerifyReport
+from .cache import Cache
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ._maint import CompactResult, Problem, VerifyReport
     from .contrib.joblib import Memory
     from .memo import memoize
 
@@ -66,6 +67,11 @@ def __getattr__(name: str):
 
         globals()["memoize"] = memoize
         return memoize
+    if name in ("CompactResult", "Problem", "VerifyReport"):
+        from . import _maint
+
+        globals()[name] = getattr(_maint, name)
+        return globals()[name]
     if name == "Memory":
         from .contrib.joblib import Memory
 

@@ -26,7 +26,8 @@ import time
 from typing import Any, Callable, Optional
 
 from . import _core
-from .cache import Cache, _file_sizes, _namespace_names
+from ._maint import _file_sizes, _namespace_names
+from .cache import Cache
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 DEFAULT = "(default)"
