@@ -78,3 +78,7 @@ def __getattr__(name: str):
         globals()["Memory"] = Memory
         return Memory
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"memoize", "Memory", "CompactResult", "Problem", "VerifyReport"})
