@@ -65,26 +65,8 @@
 #include <unistd.h>
 
 #define LMC_MAX_DBS 64
-/* Room deletions may take beyond size_limit, so that a full cache can always
- * be emptied: LMDB copies pages on write, a delete needs a few free pages. */
-#define LMC_DELETE_RESERVE ((size_t)1 << 20)
-/* Disk blocks growing writes leave reserved for deletes (see env_reserve). */
-#define LMC_DELETE_HEADROOM ((size_t)512 << 10)
-#define LMC_DELETE_SLACK ((size_t)256 << 10)
-
-/* With MDB_WRITEMAP, LMDB writes pages through a shared mapping of a sparse
- * file: on a full disk a store into a hole raises SIGBUS instead of failing a
- * write().  Before every write txn, file blocks are reserved (fallocate) for
- * everything the txn may add past the last used page, so a full disk is an
- * ENOSPC error with nothing written. */
-#define LMC_RESERVE_SLACK ((size_t)1 << 20)
-#define LMC_RESERVE_STEP ((size_t)512 << 10)
-
 static lmc_env *registry = NULL;
 
-static void size_lock(lmc_env *e);
-static void size_unlock(lmc_env *e);
-static int env_adopt(lmc_env *e);
 
 void lmc_env_forget_all(void)
 {
@@ -159,10 +141,10 @@ static int env_adopt_mapsize(lmc_env *e)
         return MDB_MAP_RESIZED; /* this thread's transaction holds write_lock */
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&e->write_lock);
-    size_lock(e);
+    lmc_size_lock(e);
     Py_END_ALLOW_THREADS
-    rc = env_adopt(e);
-    size_unlock(e);
+    rc = lmc_env_adopt(e);
+    lmc_size_unlock(e);
     pthread_mutex_unlock(&e->write_lock);
     return rc;
 }
@@ -185,11 +167,11 @@ int lmc_env_begin(lmc_env *e, unsigned int flags, MDB_txn **txn, PyThreadState *
                 rc = env_adopt_mapsize(e);
             }
             else {
-                size_lock(e);
+                lmc_size_lock(e);
                 PyEval_RestoreThread(*save);
-                rc = env_adopt(e);
+                rc = lmc_env_adopt(e);
                 *save = PyEval_SaveThread();
-                size_unlock(e);
+                lmc_size_unlock(e);
             }
             if (rc != 0)
                 break;
@@ -247,196 +229,6 @@ void lmc_read_end(lmc_env *e, MDB_txn *txn)
     else {
         mdb_txn_abort(txn);
     }
-}
-
-/* Pages in LMDB's freelist (some may still be pinned by readers).  A short
- * read txn; write_lock held, GIL released. */
-static size_t env_free_pages(lmc_env *e)
-{
-    MDB_txn *txn;
-    MDB_cursor *cur;
-    MDB_val k, v;
-    size_t total = 0, n;
-    int rc;
-
-    if (mdb_txn_begin(e->env, NULL, MDB_RDONLY, &txn) != 0)
-        return 0;
-    if (mdb_cursor_open(txn, 0 /* FREE_DBI */, &cur) == 0) {
-        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-            if (v.mv_size >= sizeof(size_t)) {
-                memcpy(&n, v.mv_data, sizeof(n)); /* an IDL: count, then page numbers */
-                total += n;
-            }
-        }
-        mdb_cursor_close(cur);
-    }
-    mdb_txn_abort(txn);
-    return total;
-}
-
-/* Reserve disk blocks for a write adding up to `hint` bytes, so that a full
- * disk is ENOSPC before the txn instead of SIGBUS (MDB_WRITEMAP stores into a
- * hole of a sparse file) or EIO (LMDB turns a short pwrite into EIO).
- *
- * Safety: LMDB takes new pages only past the last used page, so the blocks up
- * to last page + 2 * hint (page fill) + LMC_DELETE_SLACK must be allocated.
- * Normally a write reserves much more ahead (LMC_RESERVE_SLACK, in steps).
- * When the disk is full, a growing write may still go ahead within what is
- * allocated, but must leave LMC_DELETE_HEADROOM of it to deletes -- counting
- * the freelist, whose pages it reuses first -- so that deleting entries
- * always makes room again.  Without MDB_WRITEMAP the file is extended too
- * (LMDB's pwrite would extend it anyway), which keeps the file at least as
- * long as its last used page.  write_lock held, GIL not needed. */
-static int env_reserve(lmc_env *e, size_t hint, int kind)
-{
-#ifdef __linux__
-    MDB_envinfo info;
-    size_t used, need, target, must, free_bytes;
-    int rc, writemap = (e->flags & MDB_WRITEMAP) != 0;
-
-    if (!e->can_reserve || (e->flags & MDB_RDONLY))
-        return 0;
-    rc = mdb_env_info(e->env, &info);
-    if (rc != 0)
-        return rc;
-    if (e->reserved >= info.me_mapsize)
-        return 0; /* the whole map is allocated: LMDB writes nowhere else */
-    used = (info.me_last_pgno + 1) * e->page_size;
-    must = used + 2 * hint + LMC_DELETE_SLACK;
-    need = must + (kind == LMC_WRITE_GROWS ? LMC_RESERVE_SLACK + LMC_DELETE_HEADROOM : 0);
-    if (need <= e->reserved)
-        return 0;
-    target = need + (kind == LMC_WRITE_GROWS ? need / 8 : 0);
-    target = (target + LMC_RESERVE_STEP - 1) / LMC_RESERVE_STEP * LMC_RESERVE_STEP;
-    if (target > info.me_mapsize)
-        target = info.me_mapsize;
-    if (target > e->reserved &&
-        fallocate(e->fd, writemap ? FALLOC_FL_KEEP_SIZE : 0, 0, (off_t)target) == 0) {
-        e->reserved = target;
-        return 0;
-    }
-    if (target > e->reserved && (errno == EOPNOTSUPP || errno == ENOSYS)) {
-        e->can_reserve = 0; /* filesystem without fallocate: nothing to do */
-        return 0;
-    }
-    rc = target > e->reserved ? errno : 0;
-    if (rc == 0 && e->reserved >= info.me_mapsize)
-        return 0;
-    /* Out of space: what is allocated may do. */
-    if (must > e->reserved)
-        return rc ? rc : ENOSPC;
-    if (kind == LMC_WRITE_GROWS) {
-        free_bytes = env_free_pages(e) * e->page_size;
-        /* freed pages are reused first: a write that fits in them leaves
-         * the tail (and so the deletes' headroom) alone */
-        must = 2 * hint <= free_bytes ? 0 : used + LMC_DELETE_SLACK + LMC_DELETE_HEADROOM +
-                                               2 * hint - free_bytes;
-        if (must > e->reserved)
-            return rc ? rc : ENOSPC;
-    }
-    return 0;
-#else
-    (void)e;
-    (void)hint;
-    (void)kind;
-    return 0;
-#endif
-}
-
-/* The size to map: `want`, but never below the data file's size -- under
- * MDB_WRITEMAP LMDB truncates the file to the map size on every map, and a
- * smaller map would cut the file under other processes' mappings (SIGBUS,
- * lost pages) -- nor below the last used page.  Page-rounded. */
-static size_t env_size_floor(lmc_env *e, size_t want)
-{
-    struct stat sb;
-    MDB_envinfo info;
-    size_t ps = e->page_size ? e->page_size : 4096;
-
-    if (e->fd > 0 && fstat(e->fd, &sb) == 0 && (size_t)sb.st_size > want)
-        want = (size_t)sb.st_size;
-    if (e->env != NULL && e->fd > 0 && mdb_env_info(e->env, &info) == 0 &&
-        (info.me_last_pgno + 1) * ps > want)
-        want = (info.me_last_pgno + 1) * ps;
-    return (want + ps - 1) / ps * ps;
-}
-
-/* Every size change (growth, adopting another process's growth) and every
- * open of a writable Env happens under an exclusive flock on guard.lock:
- * reading the file size and mapping at least that much is then atomic with
- * respect to other processes' size changes, so the file never shrinks.
- * Called without the GIL; the flock is taken before the GIL (lock order:
- * write_lock, guard.lock, GIL). */
-static void size_lock(lmc_env *e)
-{
-    if (e->guard_fd >= 0) {
-        while (flock(e->guard_fd, LOCK_EX) != 0 && errno == EINTR)
-            ;
-    }
-}
-
-static void size_unlock(lmc_env *e)
-{
-    if (e->guard_fd >= 0)
-        flock(e->guard_fd, LOCK_UN);
-}
-
-/* Map want (at least) bytes.  size lock, write_lock and the GIL held (no txn
- * of this process is active). */
-static int env_remap(lmc_env *e, size_t want)
-{
-    struct stat sb;
-    int rc = mdb_env_set_mapsize(e->env, env_size_floor(e, want));
-    if (fstat(e->fd, &sb) == 0)
-        lmc_env_note_map(e, (size_t)sb.st_size);
-    else
-        e->map_lo = NULL; /* unknown: no bounds check */
-    return rc;
-}
-
-void lmc_env_note_map(lmc_env *e, size_t file_size)
-{
-    MDB_envinfo info;
-    if (mdb_env_info(e->env, &info) != 0) {
-        e->map_lo = NULL;
-        return;
-    }
-    e->map_lo = info.me_mapaddr;
-    e->map_len = info.me_mapsize < file_size ? info.me_mapsize : file_size;
-}
-
-/* Adopt the map size another process grew to: at least the last used page
- * and the file's size.  Never mdb_env_set_mapsize(0): the size recorded in
- * the meta page can be below the file's size, and mapping less truncates. */
-static int env_adopt(lmc_env *e)
-{
-    return env_remap(e, 0);
-}
-
-/* Grow the map after MDB_MAP_FULL.  Size lock, GIL and write_lock held.
- * With a size_limit the map stays within lmc_env_map_cap: growing writes up
- * to the cap less LMC_DELETE_RESERVE, deletes up to the cap itself. */
-static int env_grow(lmc_env *e, int kind)
-{
-    MDB_envinfo info;
-    size_t cur, want, cap;
-    int rc = mdb_env_info(e->env, &info);
-
-    if (rc != 0)
-        return rc;
-    cur = info.me_mapsize;
-    want = cur * 2;
-    if (e->size_limit != 0) {
-        cap = lmc_env_map_cap(e);
-        if (kind == LMC_WRITE_GROWS && cap > LMC_DELETE_RESERVE * 2)
-            cap -= LMC_DELETE_RESERVE;
-        if (cur >= cap)
-            return MDB_MAP_FULL;
-        if (want > cap)
-            want = cap;
-    }
-    return env_remap(e, want);
 }
 
 /* A tiny committed write.  LMDB reuses a freed page only once two newer txns
@@ -500,7 +292,7 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
         /* Inside this thread's transaction(): it owns write_lock already. */
         if (e->wtxn_failed)
             return LMC_ERR_TXN_FAILED;
-        rc = env_reserve(e, e->wtxn_added + hint, kind);
+        rc = lmc_env_reserve(e, e->wtxn_added + hint, kind);
         if (rc != 0)
             return rc;
         rc = env_run(e, e->wtxn, fn, arg, kind, hint, e->wtxn_added, counts);
@@ -514,7 +306,7 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
     pthread_mutex_lock(&e->write_lock);
     do {
         again = 0;
-        rc = env_reserve(e, hint, kind);
+        rc = lmc_env_reserve(e, hint, kind);
         if (rc == 0 && (rc = lmc_env_begin(e, 0, &txn, &_save)) == 0) {
             e->seq_counter = 0;
             rc = env_run(e, txn, fn, arg, kind, hint, 0, counts);
@@ -525,19 +317,19 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
             lmc_ns_settle(e, rc == 0);
         }
         if (rc == MDB_MAP_RESIZED && attempts++ < 64) {
-            size_lock(e);
+            lmc_size_lock(e);
             Py_BLOCK_THREADS
-            rc = env_adopt(e);
+            rc = lmc_env_adopt(e);
             Py_UNBLOCK_THREADS
-            size_unlock(e);
+            lmc_size_unlock(e);
             again = rc == 0;
         }
         else if (rc == MDB_MAP_FULL && attempts++ < 64) {
-            size_lock(e);
+            lmc_size_lock(e);
             Py_BLOCK_THREADS
-            rc = env_grow(e, kind);
+            rc = lmc_env_grow(e, kind);
             Py_UNBLOCK_THREADS
-            size_unlock(e);
+            lmc_size_unlock(e);
             if (rc == MDB_MAP_FULL) {
                 /* At the cap.  Freed pages may be pinned: by the snapshot
                  * before the last commit (a tick commits once more), by a
@@ -575,7 +367,7 @@ int lmc_env_txn_begin(lmc_env *e)
     }
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&e->write_lock);
-    rc = env_reserve(e, 0, LMC_WRITE_GROWS);
+    rc = lmc_env_reserve(e, 0, LMC_WRITE_GROWS);
     if (rc == 0)
         rc = lmc_env_begin(e, 0, &txn, &_save);
     if (rc != 0)
@@ -697,7 +489,7 @@ again:
         /* The Env is OPENING: no other thread of this process uses it, so
          * write_lock is not needed to adopt a resized map. */
         Py_BEGIN_ALLOW_THREADS
-        rc = env_reserve(e, 0, LMC_WRITE_GROWS);
+        rc = lmc_env_reserve(e, 0, LMC_WRITE_GROWS);
         if (rc == 0)
             rc = lmc_env_begin(e, 0, &txn, &_save);
         Py_END_ALLOW_THREADS
@@ -842,7 +634,7 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     if (opt->readonly)
         e->flags |= MDB_RDONLY;
     else if (!opt->sync)
-        e->flags |= MDB_NOSYNC | MDB_WRITEMAP; /* see LMC_RESERVE_SLACK */
+        e->flags |= MDB_NOSYNC | MDB_WRITEMAP; /* see space.c */
     e->size_limit = opt->size_limit;
     e->policy = opt->policy;
     if (e->size_limit != 0 && map_size > lmc_env_map_cap(e))

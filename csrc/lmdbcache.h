@@ -2,7 +2,8 @@
  * lmdbcache.h -- internal declarations shared by the files of lmdbcache._core.
  *
  *   module.c      module state, exception types, the one error table, fork generation
- *   env.c         Env: registry and lifetime, txn begin, reads, writes, map growth
+ *   env.c         Env: registry and lifetime, txn begin, reads, writes
+ *   space.c       the file's size (never shrinks), map growth, disk reservation
  *   durability.c  guard.lock, the torn-file guard and the `unsynced` marker
  *   namespace.c   the table of open namespaces (sub-databases) of an Env
  *   codec.c       key and value encodings (the on-disk format), record lookup
@@ -246,6 +247,14 @@ static inline int lmc_env_is_current(const lmc_env *e)
  * when called with the GIL held and without write_lock; else the thread state
  * saved by Py_BEGIN_ALLOW_THREADS of a caller holding write_lock. */
 int lmc_env_begin(lmc_env *e, unsigned int flags, MDB_txn **txn, PyThreadState **save);
+
+/* space.c: the file's size and disk space (see there).  write_lock held;
+ * lmc_env_adopt/lmc_env_grow also hold the size lock and the GIL. */
+int lmc_env_reserve(lmc_env *e, size_t hint, int kind);
+void lmc_size_lock(lmc_env *e);
+void lmc_size_unlock(lmc_env *e);
+int lmc_env_adopt(lmc_env *e);
+int lmc_env_grow(lmc_env *e, int kind);
 
 /* Record where the map is and how much of it is backed by a file of
  * file_size bytes.  GIL held or write_lock held. */
