@@ -43,6 +43,7 @@ class Store:
         eviction_policy: int = ...,
         boot_id: str | None = ...,
         timeout: float = ...,
+        on_incompatible: str = ...,
     ) -> None: ...
     @property
     def path(self) -> str: ...
