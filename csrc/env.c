@@ -847,7 +847,7 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     e->next = registry;
     registry = e;
 
-    e->flags = MDB_NOTLS;
+    e->flags = MDB_NOTLS | (opt->readahead ? 0 : MDB_NORDAHEAD); /* see lmc_env_warm */
     if (opt->readonly)
         e->flags |= MDB_RDONLY;
     else if (!opt->sync)

@@ -194,6 +194,7 @@ typedef struct lmc_env {
     char *marker_path;
     char *torn_to;         /* set by the guard when it moved a torn file aside */
     char *torn_boot;
+    double warmed_at;      /* when lmc_env_warm last read the file (lmc_now) */
     char *incompat_to;     /* set when a file of another LMDB data format was moved aside */
     unsigned incompat_version;
 } lmc_env;
@@ -228,6 +229,7 @@ typedef struct {
     unsigned int max_readers;
     double timeout;    /* seconds an open may wait for another process's guard.lock */
     int reset_incompatible; /* on_incompatible="reset": move another LMDB format aside */
+    int readahead;     /* 0: MDB_NORDAHEAD (whole-file scans warm up first) */
 } lmc_options;
 
 /* Return a new reference to the Env for path (opening it if this process has
@@ -250,6 +252,13 @@ int lmc_env_begin(lmc_env *e, unsigned int flags, MDB_txn **txn, PyThreadState *
 /* Record where the map is and how much of it is backed by a file of
  * file_size bytes.  GIL held or write_lock held. */
 void lmc_env_note_map(lmc_env *e, size_t file_size);
+
+/* Before a scan of the whole file: with MDB_NORDAHEAD, read the used part of
+ * data.mdb sequentially (1 MiB preads on a descriptor of its own), at most
+ * once per LMC_WARM_INTERVAL seconds per Env.  GIL held; released while
+ * reading.  Best effort: errors are ignored. */
+#define LMC_WARM_INTERVAL 60.0
+void lmc_env_warm(lmc_env *e);
 
 /* Read transactions: GIL held from begin to end, no Python code in between. */
 int lmc_read_begin(lmc_env *e, MDB_txn **txn);

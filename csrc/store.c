@@ -224,10 +224,10 @@ static int store_init(StoreObject *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"path",     "map_size",        "size_limit",  "readonly",
                              "sync",     "max_readers",     "namespace",   "ttl",
                              "eviction_policy", "boot_id",  "timeout",     "on_incompatible",
-                             NULL};
+                             "readahead", NULL};
     PyObject *path = NULL;
     Py_ssize_t map_size = (Py_ssize_t)1 << 30, size_limit = 0;
-    int readonly = 0, sync = 0, policy = LMC_POLICY_LRS;
+    int readonly = 0, sync = 0, policy = LMC_POLICY_LRS, readahead = 0;
     unsigned int max_readers = 1024;
     const char *ns = "", *boot_id = NULL, *on_incompatible = "raise";
     double ttl = 0, timeout = 60;
@@ -236,10 +236,10 @@ static int store_init(StoreObject *self, PyObject *args, PyObject *kwds)
     MDB_dbi dbi;
     size_t n;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|$nnppIsdizds:Store", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|$nnppIsdizdsp:Store", kwlist,
                                      PyUnicode_FSConverter, &path, &map_size, &size_limit,
                                      &readonly, &sync, &max_readers, &ns, &ttl, &policy,
-                                     &boot_id, &timeout, &on_incompatible))
+                                     &boot_id, &timeout, &on_incompatible, &readahead))
         return -1;
     if (map_size <= 0 || size_limit < 0 || max_readers == 0 || ttl < 0 ||
         policy < LMC_POLICY_NONE || policy > LMC_POLICY_LRU || !(timeout >= 0) ||
@@ -289,6 +289,7 @@ static int store_init(StoreObject *self, PyObject *args, PyObject *kwds)
     self->opt.boot_id = boot_copy;
     self->opt.timeout = timeout;
     self->opt.reset_incompatible = strcmp(on_incompatible, "reset") == 0;
+    self->opt.readahead = readahead;
     old = store_reopen(self, &dbi);
     if (old == NULL)
         return -1;
@@ -897,7 +898,7 @@ static PyGetSetDef store_getset[] = {
 
 static PyType_Slot store_slots[] = {
     {Py_tp_doc, "Store(path, *, map_size, size_limit, readonly, sync, max_readers, namespace, "
-                "ttl, eviction_policy, boot_id, timeout, on_incompatible)\n\n"
+                "ttl, eviction_policy, boot_id, timeout, on_incompatible, readahead)\n\n"
                 "The C mapping over an LMDB environment; use lmdbcache.Cache."},
     {Py_tp_new, store_new},
     {Py_tp_init, store_init},

@@ -44,6 +44,7 @@ class Store:
         boot_id: str | None = ...,
         timeout: float = ...,
         on_incompatible: str = ...,
+        readahead: bool = ...,
     ) -> None: ...
     @property
     def path(self) -> str: ...

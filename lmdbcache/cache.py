@@ -150,6 +150,13 @@ class Cache(_core.Store, MutableMapping):
         raises :class:`FormatError` naming both versions; ``"reset"`` moves
         ``data.mdb`` and ``lock.mdb`` aside to ``<path>/incompatible-<time>/``
         with a :class:`RuntimeWarning` and starts an empty cache.
+    readahead
+        ``False`` (default): LMDB maps the file without the kernel's readahead
+        (``MDB_NORDAHEAD``), so a cold open or a random read of a big cache
+        reads only the pages it touches; a scan of the whole file (iteration
+        past the first 64 entries, ``clear()``, ``expire()``) first reads the
+        file sequentially, at most once a minute.  ``True``: the kernel's
+        readahead (faster scans of a cold file, slower cold opens and reads).
     max_readers
         Size of LMDB's reader table (default 1024): how many processes and
         threads may read at once.  Slots of killed processes are reclaimed.
@@ -176,6 +183,7 @@ class Cache(_core.Store, MutableMapping):
         namespace: str | None = None,
         timeout: float = 60.0,
         on_incompatible: str = "raise",
+        readahead: bool = False,
     ) -> None:
         path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         map_size = _positive_int("map_size", map_size)
@@ -202,6 +210,7 @@ class Cache(_core.Store, MutableMapping):
                 f"on_incompatible must be 'raise' or 'reset', got {on_incompatible!r}"
             )
         readonly = bool(readonly)
+        readahead = bool(readahead)
         if os.path.exists(path) and not os.path.isdir(path):
             raise NotADirectoryError(f"cache path {path!r} exists and is not a directory")
         if not readonly:
@@ -217,6 +226,7 @@ class Cache(_core.Store, MutableMapping):
             "namespace": namespace,
             "timeout": timeout,
             "on_incompatible": on_incompatible,
+            "readahead": readahead,
         }
         kwargs = dict(
             map_size=map_size,
@@ -230,6 +240,7 @@ class Cache(_core.Store, MutableMapping):
             boot_id=boot_id(),
             timeout=timeout,
             on_incompatible=on_incompatible,
+            readahead=readahead,
         )
         # The C core runs the torn-file guard (under guard.lock) on every open
         # of the environment, including a lazy reopen after close().
