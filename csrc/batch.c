@@ -11,7 +11,75 @@
  */
 #include "lmdbcache.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* See lmdbcache.h and docs/architecture.md, "Readahead".  The used part of
+ * data.mdb, on a descriptor of its own (never lock.mdb: closing any descriptor
+ * of that file drops the process's fcntl locks on it) and a mapping of its own
+ * (LMDB tells not where its map is: me_mapaddr is the MDB_FIXEDMAP address):
+ * mincore says which 1 MiB chunks are not all in the page cache, and those are
+ * read with pread.  A warm file costs one mincore. */
+#define WARM_CHUNK ((size_t)1 << 20)
+
+static void warm_file(int fd, size_t used)
+{
+    size_t os_page = (size_t)sysconf(_SC_PAGESIZE), np = (used + os_page - 1) / os_page;
+    size_t off, i, lo, hi;
+    unsigned char *vec = malloc(np), all;
+    char *buf = malloc(WARM_CHUNK);
+    void *map = mmap(NULL, used, PROT_READ, MAP_SHARED, fd, 0);
+
+    if (vec != NULL && buf != NULL && map != MAP_FAILED && mincore(map, used, vec) == 0) {
+        /* a larger kernel readahead window for these preads */
+        (void)posix_fadvise(fd, 0, (off_t)used, POSIX_FADV_SEQUENTIAL);
+        for (off = 0; off < used; off += WARM_CHUNK) {
+            lo = off / os_page;
+            hi = (off + WARM_CHUNK) / os_page;
+            for (all = 1, i = lo; i < hi && i < np; i++)
+                all &= vec[i];
+            if (!(all & 1) &&
+                pread(fd, buf, used - off < WARM_CHUNK ? used - off : WARM_CHUNK, (off_t)off) <= 0)
+                break;
+        }
+    }
+    if (map != MAP_FAILED)
+        munmap(map, used);
+    free(vec);
+    free(buf);
+}
+
+void lmc_env_warm(lmc_env *e)
+{
+    MDB_envinfo info;
+    struct stat sb;
+    size_t used, n = strlen(e->path) + sizeof("/data.mdb");
+    double now = lmc_now();
+    char *path;
+    int fd;
+
+    if (!(e->flags & MDB_NORDAHEAD) || now - e->warmed_at < LMC_WARM_INTERVAL ||
+        mdb_env_info(e->env, &info) != 0 || (path = PyMem_RawMalloc(n)) == NULL)
+        return;
+    e->warmed_at = now;
+    used = (info.me_last_pgno + 1) * e->page_size;
+    PyOS_snprintf(path, n, "%s/data.mdb", e->path);
+    Py_BEGIN_ALLOW_THREADS
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd >= 0) {
+        if (fstat(fd, &sb) == 0 && used > (size_t)sb.st_size)
+            used = (size_t)sb.st_size;
+        if (used > 0)
+            warm_file(fd, used);
+        close(fd);
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(path);
+}
 
 /* get_many(keys) -> dict of the hits, read from one snapshot. */
 PyObject *lmc_store_get_many(StoreObject *self, PyObject *keys)
@@ -199,6 +267,7 @@ static PyObject *store_scan_write(StoreObject *self, lmc_write_fn fn, const char
     a.dbname = self->dbname;
     a.is_main = dbi == e->main_dbi;
     a.removed = 0;
+    lmc_env_warm(e);
     /* deleting keys copies the leaf and branch pages it touches (overflow
      * pages are freed, not copied): reserve room for all of them */
     rc = lmc_read_begin(e, &txn);

@@ -103,18 +103,20 @@ static int marker_read(const char *path, char *buf, size_t size)
     return 1;
 }
 
-/* Move data.mdb and lock.mdb to a new torn-<time> directory. */
-static int move_aside(lmc_env *e, char **to)
+/* Move data.mdb and lock.mdb to a new <prefix>-<time> directory (torn-...,
+ * incompatible-...).  Call holding the exclusive flock on guard.lock. */
+static int move_aside(lmc_env *e, const char *prefix, char **to)
 {
-    char stamp[64], *dir = NULL, *src = NULL, *dst = NULL;
+    char stamp[64], fmt[48], *dir = NULL, *src = NULL, *dst = NULL;
     static const char *const names[] = {"data.mdb", "lock.mdb"};
     struct tm tm;
     time_t now = time(NULL);
     int i, rc = 0;
 
     localtime_r(&now, &tm);
+    PyOS_snprintf(fmt, sizeof(fmt), "%s-%%Y%%m%%d-%%H%%M%%S", prefix);
     for (i = 0; i < 100; i++) {
-        size_t n = strftime(stamp, sizeof(stamp), "torn-%Y%m%d-%H%M%S", &tm);
+        size_t n = strftime(stamp, sizeof(stamp), fmt, &tm);
         if (i > 0)
             PyOS_snprintf(stamp + n, sizeof(stamp) - n, "-%d", i);
         PyMem_RawFree(dir);
@@ -186,7 +188,7 @@ int lmc_guard_enter(lmc_state *st, lmc_env *e, const lmc_options *opt, int *lock
             goto error;
         }
         op = "move a torn cache aside";
-        if ((rc = move_aside(e, &e->torn_to)) != 0)
+        if ((rc = move_aside(e, "torn", &e->torn_to)) != 0)
             goto lmdb_error;
         e->torn_boot = PyMem_RawMalloc(strlen(written) + 1);
         if (e->torn_boot == NULL) {
@@ -299,8 +301,12 @@ void lmc_marker_release(lmc_env *e)
  * lock.mdb: fully allocated up front -- LMDB creates it sparse, and a reader
  * slot on an unallocated page of a full disk is a SIGBUS. */
 
-#define META_OFF 16 /* the page header before the meta of pages 0 and 1 */
 #define LMDB_MAGIC 0xBEEFC0DEu
+/* The page header before the meta of pages 0 and 1: 16 bytes in data format
+ * 1 (pgno, pad, flags, lower/upper); formats 2 and 3 added a txnid after the
+ * pgno (24 bytes).  The meta itself kept its layout (mdb.c, MDB_meta). */
+#define META_OFF_V1 16
+#define META_OFF_V2 24
 
 typedef struct {
     uint32_t magic, version;
@@ -308,18 +314,106 @@ typedef struct {
     uint32_t psize;
 } meta_view;
 
-static int meta_read(int fd, off_t off, meta_view *m)
+static int meta_read(int fd, off_t off, unsigned hdr, meta_view *m)
 {
-    unsigned char b[META_OFF + 136];
-    if (pread(fd, b, sizeof(b), off) != (ssize_t)sizeof(b))
+    unsigned char b[META_OFF_V2 + 136];
+    if (pread(fd, b, hdr + 136, off) != (ssize_t)(hdr + 136))
         return -1;
-    memcpy(&m->magic, b + META_OFF + 0, 4);
-    memcpy(&m->version, b + META_OFF + 4, 4);
-    memcpy(&m->mapsize, b + META_OFF + 16, 8);
-    memcpy(&m->psize, b + META_OFF + 24, 4); /* mm_dbs[FREE_DBI].md_pad */
-    memcpy(&m->last_pg, b + META_OFF + 120, 8);
-    memcpy(&m->txnid, b + META_OFF + 128, 8);
+    memcpy(&m->magic, b + hdr + 0, 4);
+    memcpy(&m->version, b + hdr + 4, 4);
+    memcpy(&m->mapsize, b + hdr + 16, 8);
+    memcpy(&m->psize, b + hdr + 24, 4); /* mm_dbs[FREE_DBI].md_pad */
+    memcpy(&m->last_pg, b + hdr + 120, 8);
+    memcpy(&m->txnid, b + hdr + 128, 8);
     return m->magic == LMDB_MAGIC ? 0 : -1;
+}
+
+/* The data format (MDB_DATA_VERSION, a meta page's mm_version) of the liblmdb
+ * in use.  LMDB does not export it; it follows from mdb_version(), per mdb.c
+ * of each line (git.openldap.org/openldap/openldap, branch or tag):
+ *   0.9.x (LMDB_0.9.* tags, mdb.RE/0.9, mdb.master)     1
+ *   0.9.90 (mdb.master3: the 1.0 development series)    2  txnid in page header
+ *   1.0.x (LMDB 1.0 releases)                           3
+ * 0: a release this table does not know (LMDB's own check decides). */
+unsigned lmc_lmdb_data_version(void)
+{
+    int major, minor, patch;
+    mdb_version(&major, &minor, &patch);
+    if (major == 0 && minor == 9)
+        return patch >= 90 ? 2 : 1;
+    if (major == 1 && minor == 0)
+        return 3;
+    return 0;
+}
+
+static const char *format_name(unsigned version)
+{
+    switch (version) {
+    case 1: return "LMDB 0.9";
+    case 2: return "an LMDB 1.0 development snapshot";
+    case 3: return "LMDB 1.0";
+    default: return "an unknown LMDB release";
+    }
+}
+
+/* The data format of a file whose first page is an LMDB meta page of either
+ * header layout; 0 when it is neither. */
+static unsigned file_data_version(int fd)
+{
+    meta_view m;
+    if (meta_read(fd, 0, META_OFF_V1, &m) == 0 || meta_read(fd, 0, META_OFF_V2, &m) == 0)
+        return m.version;
+    return 0;
+}
+
+/* data.mdb was written by an LMDB of another data format: raise FormatError,
+ * or with on_incompatible="reset" move it aside (under guard.lock).  0 when
+ * moved, -1 with an exception. */
+static int incompatible(lmc_state *st, lmc_env *e, const lmc_options *opt, const char *data,
+                        unsigned theirs, unsigned ours)
+{
+    int major, minor, patch, rc;
+
+    mdb_version(&major, &minor, &patch);
+    if (!opt->reset_incompatible || opt->readonly) {
+        PyErr_Format(st->FormatError,
+                     "'%s' was written by %s (data format %u); this lmdbcache uses LMDB "
+                     "%d.%d.%d (data format %u), and neither can read the other's files.  "
+                     "Open it with Cache(path, on_incompatible=\"reset\")%s to move the old "
+                     "files aside and start an empty cache, or delete the directory",
+                     data, format_name(theirs), theirs, major, minor, patch, ours,
+                     opt->readonly ? " (not readonly)" : "");
+        return -1;
+    }
+    if ((rc = move_aside(e, "incompatible", &e->incompat_to)) != 0) {
+        lmc_raise(st, rc, "move an incompatible cache aside", e->path);
+        return -1;
+    }
+    e->incompat_version = theirs;
+    return 0;
+}
+
+int lmc_guard_warn(lmc_env *e)
+{
+    int major, minor, patch;
+
+    if (e->torn_to != NULL &&
+        PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                         "lmdbcache: the cache in '%s' was not synced before the machine went "
+                         "down (boot %s), so its file may be torn; it was moved to '%s' and "
+                         "the cache starts empty",
+                         e->path, e->torn_boot, e->torn_to) < 0)
+        return -1;
+    mdb_version(&major, &minor, &patch);
+    if (e->incompat_to != NULL &&
+        PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                         "lmdbcache: the cache in '%s' was written by %s (data format %u), "
+                         "which LMDB %d.%d.%d cannot read; it was moved to '%s' and the cache "
+                         "starts empty",
+                         e->path, format_name(e->incompat_version), e->incompat_version,
+                         major, minor, patch, e->incompat_to) < 0)
+        return -1;
+    return 0;
 }
 
 static int prealloc_lock(const char *path, unsigned int max_readers)
@@ -349,6 +443,7 @@ int lmc_files_check(lmc_state *st, lmc_env *e, const lmc_options *opt, size_t *f
     char *data = join(e->path, "data.mdb"), *lock = join(e->path, "lock.mdb");
     struct stat sb;
     meta_view m0, m1, *m = NULL;
+    unsigned ours, theirs, hdr;
     int fd = -1, rc, ok0, ok1, result = -1;
 
     *file_size = 0;
@@ -378,9 +473,19 @@ int lmc_files_check(lmc_state *st, lmc_env *e, const lmc_options *opt, size_t *f
             lmc_raise(st, errno, "open the data file", data);
             goto done;
         }
-        ok0 = meta_read(fd, 0, &m0) == 0;
+        ours = lmc_lmdb_data_version();
+        theirs = file_data_version(fd);
+        if (ours != 0 && theirs != 0 && theirs != ours) {
+            close(fd);
+            fd = -1;
+            if (incompatible(st, e, opt, data, theirs, ours) < 0)
+                goto done;
+            goto lock; /* moved aside: a new cache */
+        }
+        hdr = ours >= 2 ? META_OFF_V2 : META_OFF_V1;
+        ok0 = meta_read(fd, 0, hdr, &m0) == 0;
         ok1 = ok0 && m0.psize >= 512 && m0.psize <= 65536 &&
-              meta_read(fd, (off_t)m0.psize, &m1) == 0;
+              meta_read(fd, (off_t)m0.psize, hdr, &m1) == 0;
         if (ok0)
             m = ok1 && m1.txnid > m0.txnid ? &m1 : &m0;
         if (m != NULL && m->psize >= 512 && (uint64_t)sb.st_size < (m->last_pg + 1) * m->psize) {
@@ -393,6 +498,7 @@ int lmc_files_check(lmc_state *st, lmc_env *e, const lmc_options *opt, size_t *f
         *file_size = (size_t)sb.st_size;
         /* no valid meta: LMDB's own check says MDB_INVALID -> CorruptError */
     }
+lock:
     if (!opt->readonly && (rc = prealloc_lock(lock, opt->max_readers)) != 0) {
         lmc_raise(st, rc, "allocate the lock file", lock);
         goto done;

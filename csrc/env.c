@@ -97,6 +97,7 @@ static void env_free(lmc_env *e)
     PyMem_RawFree(e->marker_path);
     PyMem_RawFree(e->torn_to);
     PyMem_RawFree(e->torn_boot);
+    PyMem_RawFree(e->incompat_to);
     PyMem_RawFree(e->path);
     PyMem_RawFree(e);
 }
@@ -477,12 +478,12 @@ static int parse_format(const MDB_val *v, long *out)
 static int env_init_meta(lmc_state *st, lmc_env *e)
 {
     MDB_txn *txn = NULL;
-    MDB_val key = {6, (void *)"format"}, val;
+    MDB_val key = {6, (void *)"format"}, lmdb_key = {4, (void *)"lmdb"}, val;
     MDB_stat ms;
     char verbuf[16];
     const char *op = "read the cache format";
     long version;
-    int rc, readonly = (e->flags & MDB_RDONLY) != 0, writing = 0;
+    int rc, readonly = (e->flags & MDB_RDONLY) != 0, writing = 0, major, minor, patch;
 
 again:
     if (writing) {
@@ -533,6 +534,14 @@ again:
         val.mv_size = strlen(verbuf);
         val.mv_data = verbuf;
         rc = mdb_put(txn, e->meta_dbi, &key, &val, 0);
+        if (rc != 0)
+            goto lmdb_error;
+        /* the LMDB release that created the file (a clue when another
+         * release cannot read it) */
+        mdb_version(&major, &minor, &patch);
+        PyOS_snprintf(verbuf, sizeof(verbuf), "%d.%d.%d", major, minor, patch);
+        val.mv_size = strlen(verbuf);
+        rc = mdb_put(txn, e->meta_dbi, &lmdb_key, &val, 0);
         if (rc != 0)
             goto lmdb_error;
     }
@@ -630,7 +639,7 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     e->next = registry;
     registry = e;
 
-    e->flags = MDB_NOTLS;
+    e->flags = MDB_NOTLS | (opt->readahead ? 0 : MDB_NORDAHEAD); /* see lmc_env_warm */
     if (opt->readonly)
         e->flags |= MDB_RDONLY;
     else if (!opt->sync)
@@ -713,12 +722,7 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
      * size_unlock on it would drop that early. */
     e->guard_fd = lock_fd;
     e->state = LMC_ENV_OPEN;
-    if (e->torn_to != NULL &&
-        PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
-                         "lmdbcache: the cache in '%s' was not synced before the machine went "
-                         "down (boot %s), so its file may be torn; it was moved to '%s' and "
-                         "the cache starts empty",
-                         path, e->torn_boot, e->torn_to) < 0) {
+    if (lmc_guard_warn(e) < 0) {
         lmc_env_release(e);
         return NULL;
     }

@@ -35,6 +35,7 @@ typedef struct {
     int mode;         /* 0 keys, 1 values, 2 items */
     int done;
     int filling;      /* iter_fill in progress (reentrancy guard) */
+    int warmed;       /* lmc_env_warm called for this iterator */
 } IterObject;
 
 static PyObject *store_make_iter(StoreObject *self, int mode)
@@ -49,6 +50,7 @@ static PyObject *store_make_iter(StoreObject *self, int mode)
     it->mode = mode;
     it->done = 0;
     it->filling = 0;
+    it->warmed = 0;
     PyObject_GC_Track(it);
     return (PyObject *)it;
 }
@@ -138,6 +140,11 @@ static int iter_fill(IterObject *it)
     if ((e = lmc_store_enter(s, &dbi)) == NULL)
         return -1;
     it->filling = 1;
+    if (it->last != NULL && !it->warmed) {
+        /* a second chunk: a scan, not a peek at the first entries */
+        it->warmed = 1;
+        lmc_env_warm(e);
+    }
     rc = lmc_read_begin(e, &txn);
     if (rc != 0)
         goto lmdb_error;

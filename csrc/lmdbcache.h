@@ -198,6 +198,9 @@ typedef struct lmc_env {
     char *marker_path;
     char *torn_to;         /* set by the guard when it moved a torn file aside */
     char *torn_boot;
+    double warmed_at;      /* when lmc_env_warm last read the file (lmc_now) */
+    char *incompat_to;     /* set when a file of another LMDB data format was moved aside */
+    unsigned incompat_version;
 } lmc_env;
 
 static inline int lmc_env_evicts(const lmc_env *e)
@@ -229,6 +232,8 @@ typedef struct {
     const char *boot_id; /* this boot (NULL: unknown, the guard is off) */
     unsigned int max_readers;
     double timeout;    /* seconds an open may wait for another process's guard.lock */
+    int reset_incompatible; /* on_incompatible="reset": move another LMDB format aside */
+    int readahead;     /* 0: MDB_NORDAHEAD (whole-file scans warm up first) */
 } lmc_options;
 
 /* Return a new reference to the Env for path (opening it if this process has
@@ -259,6 +264,13 @@ int lmc_env_grow(lmc_env *e, int kind);
 /* Record where the map is and how much of it is backed by a file of
  * file_size bytes.  GIL held or write_lock held. */
 void lmc_env_note_map(lmc_env *e, size_t file_size);
+
+/* Before a scan of the whole file: with MDB_NORDAHEAD, read the used part of
+ * data.mdb sequentially (1 MiB preads on a descriptor of its own), at most
+ * once per LMC_WARM_INTERVAL seconds per Env.  GIL held; released while
+ * reading.  Best effort: errors are ignored. */
+#define LMC_WARM_INTERVAL 60.0
+void lmc_env_warm(lmc_env *e);
 
 /* Read transactions: GIL held from begin to end, no Python code in between. */
 int lmc_read_begin(lmc_env *e, MDB_txn **txn);
@@ -325,6 +337,11 @@ void lmc_guard_leave(int lock_fd);
  * truncated (CorruptError); preallocate the lock file.  *file_size: the data
  * file's size (0 when it does not exist yet). */
 int lmc_files_check(lmc_state *st, lmc_env *e, const lmc_options *opt, size_t *file_size);
+/* The data format (mm_version) of the liblmdb in use; 0 = unknown release. */
+unsigned lmc_lmdb_data_version(void);
+/* After a successful open: warn about files the guard moved aside.  -1 when
+ * a warning raised (the warnings filter says "error"). */
+int lmc_guard_warn(lmc_env *e);
 /* After the Env holds its reader slot: create the marker (atomically). */
 int lmc_marker_create(lmc_state *st, lmc_env *e, const lmc_options *opt);
 /* Last close in this process: flush, and drop the marker if no other process

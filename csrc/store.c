@@ -122,25 +122,27 @@ static int store_init(StoreObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"path",     "map_size",        "size_limit",  "readonly",
                              "sync",     "max_readers",     "namespace",   "ttl",
-                             "eviction_policy", "boot_id",  "timeout",     NULL};
+                             "eviction_policy", "boot_id",  "timeout",     "on_incompatible",
+                             "readahead", NULL};
     PyObject *path = NULL;
     Py_ssize_t map_size = (Py_ssize_t)1 << 30, size_limit = 0;
-    int readonly = 0, sync = 0, policy = LMC_POLICY_LRS;
+    int readonly = 0, sync = 0, policy = LMC_POLICY_LRS, readahead = 0;
     unsigned int max_readers = 1024;
-    const char *ns = "", *boot_id = NULL;
+    const char *ns = "", *boot_id = NULL, *on_incompatible = "raise";
     double ttl = 0, timeout = 60;
     char *path_copy = NULL, *ns_copy = NULL, *dbname = NULL, *boot_copy = NULL;
     lmc_env *old;
     MDB_dbi dbi;
     size_t n;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|$nnppIsdizd:Store", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|$nnppIsdizdsp:Store", kwlist,
                                      PyUnicode_FSConverter, &path, &map_size, &size_limit,
                                      &readonly, &sync, &max_readers, &ns, &ttl, &policy,
-                                     &boot_id, &timeout))
+                                     &boot_id, &timeout, &on_incompatible, &readahead))
         return -1;
     if (map_size <= 0 || size_limit < 0 || max_readers == 0 || ttl < 0 ||
-        policy < LMC_POLICY_NONE || policy > LMC_POLICY_LRU || !(timeout >= 0)) {
+        policy < LMC_POLICY_NONE || policy > LMC_POLICY_LRU || !(timeout >= 0) ||
+        (strcmp(on_incompatible, "raise") != 0 && strcmp(on_incompatible, "reset") != 0)) {
         PyErr_SetString(PyExc_ValueError, "invalid Store option");
         goto error;
     }
@@ -185,6 +187,8 @@ static int store_init(StoreObject *self, PyObject *args, PyObject *kwds)
     self->opt.max_readers = max_readers;
     self->opt.boot_id = boot_copy;
     self->opt.timeout = timeout;
+    self->opt.reset_incompatible = strcmp(on_incompatible, "reset") == 0;
+    self->opt.readahead = readahead;
     old = store_reopen(self, &dbi);
     if (old == NULL)
         return -1;
@@ -717,7 +721,7 @@ static PyGetSetDef store_getset[] = {
 
 static PyType_Slot store_slots[] = {
     {Py_tp_doc, "Store(path, *, map_size, size_limit, readonly, sync, max_readers, namespace, "
-                "ttl, eviction_policy, boot_id, timeout)\n\n"
+                "ttl, eviction_policy, boot_id, timeout, on_incompatible, readahead)\n\n"
                 "The C mapping over an LMDB environment; use lmdbcache.Cache."},
     {Py_tp_new, store_new},
     {Py_tp_init, store_init},

@@ -43,6 +43,8 @@ class Store:
         eviction_policy: int = ...,
         boot_id: str | None = ...,
         timeout: float = ...,
+        on_incompatible: str = ...,
+        readahead: bool = ...,
     ) -> None: ...
     @property
     def path(self) -> str: ...

@@ -21,6 +21,7 @@ DEFAULT_MAP_SIZE = 2 << 20
 MIN_SIZE_LIMIT = 1 << 16
 MAX_NAMESPACE_BYTES = 200
 _DURABILITY = ("process", "full")
+_ON_INCOMPATIBLE = ("raise", "reset")
 _POLICIES = {"none": 0, "least-recently-stored": 1, "least-recently-used": 2}
 _MISSING = object()
 
@@ -145,6 +146,19 @@ class Cache(_core.Store, MutableMapping):
     timeout
         Seconds an open waits for another process that holds the cache's
         ``guard.lock`` (default 60) before raising :class:`LockError`.
+    on_incompatible
+        What to do with a cache written by an LMDB release of another data format
+        (LMDB 0.9 and 1.0 cannot read each other's files): ``"raise"`` (default)
+        raises :class:`FormatError` naming both versions; ``"reset"`` moves
+        ``data.mdb`` and ``lock.mdb`` aside to ``<path>/incompatible-<time>/``
+        with a :class:`RuntimeWarning` and starts an empty cache.
+    readahead
+        ``False`` (default): LMDB maps the file without the kernel's readahead
+        (``MDB_NORDAHEAD``), so a cold open or a random read of a big cache
+        reads only the pages it touches; a scan of the whole file (iteration
+        past the first 64 entries, ``clear()``, ``expire()``) first reads the
+        file sequentially, at most once a minute.  ``True``: the kernel's
+        readahead (faster scans of a cold file, slower cold opens and reads).
     max_readers
         Size of LMDB's reader table (default 1024): how many processes and
         threads may read at once.  Slots of killed processes are reclaimed.
@@ -170,6 +184,8 @@ class Cache(_core.Store, MutableMapping):
         max_readers: int = 1024,
         namespace: str | None = None,
         timeout: float = 60.0,
+        on_incompatible: str = "raise",
+        readahead: bool = False,
     ) -> None:
         path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         map_size = _positive_int("map_size", map_size)
@@ -191,7 +207,12 @@ class Cache(_core.Store, MutableMapping):
             raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
         if not timeout >= 0 or math.isinf(timeout):
             raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
+        if on_incompatible not in _ON_INCOMPATIBLE:
+            raise ValueError(
+                f"on_incompatible must be 'raise' or 'reset', got {on_incompatible!r}"
+            )
         readonly = bool(readonly)
+        readahead = bool(readahead)
         if os.path.exists(path) and not os.path.isdir(path):
             raise NotADirectoryError(f"cache path {path!r} exists and is not a directory")
         if not readonly:
@@ -206,6 +227,8 @@ class Cache(_core.Store, MutableMapping):
             "max_readers": max_readers,
             "namespace": namespace,
             "timeout": timeout,
+            "on_incompatible": on_incompatible,
+            "readahead": readahead,
         }
         kwargs = dict(
             map_size=map_size,
@@ -218,6 +241,8 @@ class Cache(_core.Store, MutableMapping):
             eviction_policy=_POLICIES[eviction_policy],
             boot_id=boot_id(),
             timeout=timeout,
+            on_incompatible=on_incompatible,
+            readahead=readahead,
         )
         # The C core runs the torn-file guard (under guard.lock) on every open
         # of the environment, including a lazy reopen after close().

@@ -777,7 +777,8 @@ def test_pickled_cache_works_on_same_path_with_same_options(tmp_path):
         assert default.options == {"map_size": lmdbcache.cache.DEFAULT_MAP_SIZE, "size_limit": None, "readonly": False,
                                    "durability": "process", "max_readers": 1024,
                                    "eviction_policy": "least-recently-stored", "ttl": None,
-                                   "namespace": None, "timeout": 60.0}
+                                   "namespace": None, "timeout": 60.0,
+                                   "on_incompatible": "raise", "readahead": False}
     finally:
         default.close()
 
