@@ -660,7 +660,7 @@ int lmc_record_in_file(lmc_env *e, MDB_txn *txn, const char *p, size_t n)
                    (size_t)(p - e->map_lo) <= e->map_len - n))
         return 1;
     if (e->fd >= 0 && fstat(e->fd, &sb) == 0)
-        lmc_env_note_map(e, (size_t)sb.st_size);
+        lmc_env_note_map(e, (size_t)sb.st_size, 0);
     return p >= e->map_lo && n <= e->map_len && (size_t)(p - e->map_lo) <= e->map_len - n;
 }
 

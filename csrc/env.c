@@ -686,11 +686,7 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
         goto lmdb_error;
     e->fd = fd;
     e->can_reserve = 1;
-    {
-        struct stat fsb;
-        if (fstat(fd, &fsb) == 0)
-            lmc_env_note_map(e, (size_t)fsb.st_size);
-    }
+
     if (fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC) == -1) {
         rc = errno;
         goto lmdb_error;
@@ -711,6 +707,11 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
         goto error;
     /* Take this Env's reader slot now: the slot table then tells which
      * processes have the cache open (see lmc_marker_release). */
+    {
+        struct stat fsb; /* where the map is, for the bounds check of reads */
+        if (fstat(fd, &fsb) == 0)
+            lmc_env_note_map(e, (size_t)fsb.st_size, 1);
+    }
     op = "begin a read";
     if ((rc = read_begin_slow(e, &txn)) != 0)
         goto lmdb_error;

@@ -263,7 +263,7 @@ int lmc_env_grow(lmc_env *e, int kind);
 
 /* Record where the map is and how much of it is backed by a file of
  * file_size bytes.  GIL held or write_lock held. */
-void lmc_env_note_map(lmc_env *e, size_t file_size);
+void lmc_env_note_map(lmc_env *e, size_t file_size, int rebase);
 
 /* Before a scan of the whole file: with MDB_NORDAHEAD, read the used part of
  * data.mdb sequentially (1 MiB preads on a descriptor of its own), at most

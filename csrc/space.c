@@ -175,20 +175,52 @@ static int remap(lmc_env *e, size_t want)
     struct stat sb;
     int rc = mdb_env_set_mapsize(e->env, size_floor(e, want));
     if (fstat(e->fd, &sb) == 0)
-        lmc_env_note_map(e, (size_t)sb.st_size);
+        lmc_env_note_map(e, (size_t)sb.st_size, 1);
     else
         e->map_lo = NULL; /* unknown: no bounds check */
     return rc;
 }
 
-void lmc_env_note_map(lmc_env *e, size_t file_size)
+/* Where this process mapped the file.  mdb_env_info's me_mapaddr is the
+ * meta page's fixed address (NULL without MDB_FIXEDMAP), so find it from a
+ * page: a key in the main DB's first leaf lies in page P of the map, whose
+ * header starts with P's number; the map starts P pages before that page.
+ * NULL (no bounds check) when it cannot tell. */
+static const char *map_base(lmc_env *e)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    uintptr_t page, ps = e->page_size;
+    uint64_t pgno;
+    const char *base = NULL;
+
+    if (ps == 0 || (long)ps != sysconf(_SC_PAGESIZE))
+        return NULL; /* LMDB pages not aligned with the OS pages of the map */
+    if (mdb_txn_begin(e->env, NULL, MDB_RDONLY, &txn) != 0)
+        return NULL;
+    if (mdb_cursor_open(txn, 1 /* MAIN_DBI */, &cur) == 0) {
+        if (mdb_cursor_get(cur, &k, &v, MDB_FIRST) == 0) {
+            page = (uintptr_t)k.mv_data - (uintptr_t)k.mv_data % ps;
+            memcpy(&pgno, (const void *)page, sizeof(pgno));
+            if (pgno <= page / ps)
+                base = (const char *)(page - (uintptr_t)pgno * ps);
+        }
+        mdb_cursor_close(cur);
+    }
+    mdb_txn_abort(txn);
+    return base;
+}
+
+void lmc_env_note_map(lmc_env *e, size_t file_size, int rebase)
 {
     MDB_envinfo info;
     if (mdb_env_info(e->env, &info) != 0) {
         e->map_lo = NULL;
         return;
     }
-    e->map_lo = info.me_mapaddr;
+    if (rebase)
+        e->map_lo = map_base(e);
     e->map_len = info.me_mapsize < file_size ? info.me_mapsize : file_size;
 }
 
