@@ -169,6 +169,15 @@ static int iter_fill(IterObject *it)
         Py_XSETREF(last, PyBytes_FromStringAndSize(k.mv_data, (Py_ssize_t)k.mv_size));
         if (last == NULL)
             goto error;
+        if (!lmc_record_in_file(e, txn, v.mv_data, v.mv_size)) {
+            /* a damaged page points outside the file: never read there */
+            it->ent[it->n].kind = ENT_CORRUPT;
+            it->ent[it->n].key = Py_NewRef(last);
+            it->ent[it->n].val = PyUnicode_FromString("the record lies outside the data file");
+            if (it->ent[it->n++].val == NULL)
+                goto error;
+            continue;
+        }
         if (lmc_record_parse_raw(v.mv_data, v.mv_size, &rec) == NULL &&
             (rec.flags & LMC_FLAG_EXPIRES) && rec.expires <= lmc_now())
             continue;
