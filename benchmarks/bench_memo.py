@@ -37,24 +37,24 @@ def main(argv=None) -> int:
 
         @cache.memoize
         def features(a, b):
-            return {"sum": a + b, "name": "x" * 10}
+            return {"sum": a, "b": b, "name": "x" * 10}
 
         memory = joblib.Memory(f"{root}/joblib", verbose=0)
 
         @memory.cache
         def jfeatures(a, b):
-            return {"sum": a + b, "name": "x" * 10}
+            return {"sum": a, "b": b, "name": "x" * 10}
 
         for i in range(n):
-            features(i, 2)
+            features(i, "ab")
         for i in range(nj):
-            jfeatures(i, 2)
+            jfeatures(i, "ab")
         cache["plain"] = {"sum": 3, "name": "x" * 10}
         get = cache.get
 
         def memo_hits():
             for i in range(n):
-                features(i, 2)
+                features(i, "ab")
 
         def plain_gets():
             for i in range(n):
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
         def joblib_hits():
             for i in range(nj):
-                jfeatures(i, 2)
+                jfeatures(i, "ab")
 
         rows = [("memoize hit", memo_hits, n), ("cache.get", plain_gets, n),
                 ("joblib.Memory hit", joblib_hits, nj)]
