@@ -1406,3 +1406,18 @@ def test_memoize_signature_checks_with_mypy(tmp_path):
     assert ok.returncode == 0, ok.stdout + ok.stderr
     ko = subprocess.run(cmd + [str(bad)], capture_output=True, text=True, cwd=tmp_path)
     assert ko.returncode == 1 and "arg-type" in ko.stdout, ko.stdout
+
+
+def test_hash128_is_a_stable_16_byte_digest():
+    from lmdbcache import _core
+
+    assert len(_core._hash128(b"")) == 16
+    seen = {_core._hash128(bytes(n)) for n in range(200)}
+    assert len(seen) == 200  # the length is part of the digest
+    big = bytes(range(256)) * 1024  # above the GIL-release threshold
+    assert _core._hash128(big) == _core._hash128(memoryview(big))
+    flipped = bytearray(big)
+    flipped[12345] ^= 1
+    assert _core._hash128(bytes(flipped)) != _core._hash128(big)
+    with pytest.raises(TypeError):
+        _core._hash128("not a buffer")
