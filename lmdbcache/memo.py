@@ -667,6 +667,16 @@ class _Wrapper(functools.partial):
             return self
         return types.MethodType(self, obj)
 
+    # joblib's ``func`` (the wrapped function), in place of partial's member:
+    # calls go through the C struct, never through this attribute.
+    @property
+    def func(self) -> Any:  # type: ignore[override]
+        return self.__dict__.get("_func", self._state.__wrapped__)
+
+    @func.setter
+    def func(self, value: Any) -> None:
+        self.__dict__["_func"] = value
+
     @property
     def fingerprint(self) -> str:
         st = self._state
