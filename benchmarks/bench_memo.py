@@ -37,24 +37,24 @@ def main(argv=None) -> int:
 
         @cache.memoize
         def features(a, b):
-            return {"sum": a + b, "name": "x" * 10}
+            return {"sum": a, "b": b, "name": "x" * 10}
 
         memory = joblib.Memory(f"{root}/joblib", verbose=0)
 
         @memory.cache
         def jfeatures(a, b):
-            return {"sum": a + b, "name": "x" * 10}
+            return {"sum": a, "b": b, "name": "x" * 10}
 
         for i in range(n):
-            features(i, 2)
+            features(i, "ab")
         for i in range(nj):
-            jfeatures(i, 2)
+            jfeatures(i, "ab")
         cache["plain"] = {"sum": 3, "name": "x" * 10}
         get = cache.get
 
         def memo_hits():
             for i in range(n):
-                features(i, 2)
+                features(i, "ab")
 
         def plain_gets():
             for i in range(n):
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
         def joblib_hits():
             for i in range(nj):
-                jfeatures(i, 2)
+                jfeatures(i, "ab")
 
         rows = [("memoize hit", memo_hits, n), ("cache.get", plain_gets, n),
                 ("joblib.Memory hit", joblib_hits, nj)]
@@ -86,12 +86,50 @@ def main(argv=None) -> int:
         r1 = med["joblib.Memory hit"] / med["memoize hit"]
         r2 = med["memoize hit"] / med["cache.get"]
         print(f"  [{'PASS' if r1 >= 30 else 'FAIL'}] memoize hit >= 30x faster than joblib.Memory hit: {r1:.0f}x")
-        print(f"  [{'PASS' if r2 <= 3 else 'FAIL'}] memoize hit <= 3x a plain cache.get: {r2:.2f}x")
+        print(f"  [{'PASS' if r2 <= 2.5 else 'FAIL'}] memoize hit <= 2.5x a plain cache.get: {r2:.2f}x")
         cache.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
+
+
+def numpy_hit(n: int = 200) -> None:
+    """A memo hit with a 1 MiB NumPy array argument, and the hash alone."""
+    import numpy as np
+
+    from lmdbcache import _core
+
+    root = tempfile.mkdtemp(prefix="lmdbcache-bench-memo-np-")
+    try:
+        cache = lmdbcache.Cache(f"{root}/lc")
+
+        @cache.memoize
+        def total(a):
+            return float(a.sum())
+
+        arr = np.random.default_rng(0).random(1 << 17)  # 1 MiB of float64
+        total(arr)
+        import hashlib
+
+        for name, fn in (("memoize hit, 1 MiB ndarray", lambda: total(arr)),
+                         ("_core._hash128(1 MiB)", lambda: _core._hash128(arr)),
+                         ("hashlib.sha256(1 MiB) (before)", lambda: hashlib.sha256(arr).digest())):
+            ts = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                ts.append((time.perf_counter() - t0) / n * 1e6)
+            print(f"  {name:32s} median {statistics.median(ts):8.1f} µs   min {min(ts):8.1f} µs")
+        cache.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    print("\nBIG ARGUMENTS")
+    numpy_hit()
+    sys.exit(rc)

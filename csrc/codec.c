@@ -6,6 +6,8 @@
  *   'i' int in [-2**63, 2**63) as 8 big-endian bytes with the sign bit flipped
  *       (order-preserving)
  *   't' tuple: for each item, a LEB128 length then the item's own encoding
+ *   'f' frozenset: as a tuple, the items' encodings sorted bytewise, so the
+ *       encoding does not depend on the hash seed (PYTHONHASHSEED)
  *   'p' anything else hashable, pickled (protocol 5)
  *   'h' SHA-256 of an encoding longer than LMC_MAX_KEY; the full encoding is
  *       then kept in the value record and compared on every lookup.
@@ -121,6 +123,86 @@ static int encode_tuple(lmc_state *st, kbuf *b, PyObject *key, int depth)
     return 0;
 }
 
+typedef struct {
+    size_t off, n;
+} kitem;
+
+static const unsigned char *kitem_base;
+
+static int kitem_cmp(const void *a, const void *b)
+{
+    const kitem *x = a, *y = b;
+    int c = memcmp(kitem_base + x->off, kitem_base + y->off, x->n < y->n ? x->n : y->n);
+    if (c != 0)
+        return c;
+    return x->n < y->n ? -1 : x->n > y->n;
+}
+
+/* Items encoded one after the other in a scratch buffer, then written in the
+ * bytewise order of their encodings.  kitem_base is set just before qsort,
+ * which runs no Python code: no other thread can use it meanwhile. */
+static int encode_frozenset(lmc_state *st, kbuf *b, PyObject *key, int depth)
+{
+    unsigned char stack[256], varint[10];
+    kbuf tmp;
+    kitem *items;
+    PyObject *it, *item;
+    Py_ssize_t n = PySet_GET_SIZE(key), i = 0, k;
+    size_t len;
+    int nv, rc = -1;
+
+    items = PyMem_Calloc((size_t)(n > 0 ? n : 1), sizeof(kitem));
+    if (items == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    tmp.p = tmp.stack = stack;
+    tmp.len = 0;
+    tmp.cap = sizeof(stack);
+    it = PyObject_GetIter(key);
+    if (it == NULL)
+        goto done;
+    while ((item = PyIter_Next(it)) != NULL) {
+        size_t start = tmp.len;
+        int r = i < n ? encode_into(st, &tmp, item, depth + 1) : -1;
+        Py_DECREF(item);
+        if (r < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "frozenset changed size during encoding");
+            Py_DECREF(it);
+            goto done;
+        }
+        items[i].off = start;
+        items[i].n = tmp.len - start;
+        i++;
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        goto done;
+    kitem_base = tmp.p;
+    qsort(items, (size_t)i, sizeof(kitem), kitem_cmp);
+    if (kbuf_reserve(b, 1) < 0)
+        goto done;
+    b->p[b->len++] = LMC_KEY_FROZENSET;
+    for (k = 0; k < i; k++) {
+        for (len = items[k].n, nv = 0; nv == 0 || len != 0;) {
+            varint[nv++] = (unsigned char)((len & 0x7f) | (len >= 0x80 ? 0x80 : 0));
+            len >>= 7;
+        }
+        if (kbuf_reserve(b, (size_t)nv + items[k].n) < 0)
+            goto done;
+        memcpy(b->p + b->len, varint, (size_t)nv);
+        memcpy(b->p + b->len + nv, tmp.p + items[k].off, items[k].n);
+        b->len += (size_t)nv + items[k].n;
+    }
+    rc = 0;
+done:
+    if (tmp.p != tmp.stack)
+        PyMem_Free(tmp.p);
+    PyMem_Free(items);
+    return rc;
+}
+
 static int encode_into(lmc_state *st, kbuf *b, PyObject *key, int depth)
 {
     if (depth > LMC_MAX_DEPTH) {
@@ -153,6 +235,9 @@ static int encode_into(lmc_state *st, kbuf *b, PyObject *key, int depth)
     }
     else if (PyTuple_CheckExact(key)) {
         return encode_tuple(st, b, key, depth);
+    }
+    else if (PyFrozenSet_CheckExact(key)) {
+        return encode_frozenset(st, b, key, depth);
     }
     return encode_pickled(st, b, key);
 }
@@ -377,6 +462,14 @@ static PyObject *decode_one(lmc_state *st, const unsigned char *p, size_t n, int
     }
     case LMC_KEY_TUPLE:
         return decode_tuple(st, p + 1, n - 1, depth);
+    case LMC_KEY_FROZENSET: {
+        PyObject *t = decode_tuple(st, p + 1, n - 1, depth), *fs;
+        if (t == NULL)
+            return NULL;
+        fs = PyFrozenSet_New(t);
+        Py_DECREF(t);
+        return fs;
+    }
     case LMC_KEY_PICKLE: {
         PyObject *b = PyBytes_FromStringAndSize((const char *)p + 1, (Py_ssize_t)n - 1);
         PyObject *key;

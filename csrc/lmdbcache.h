@@ -56,6 +56,7 @@
 /* key tags */
 #define LMC_KEY_BYTES 'b'
 #define LMC_KEY_DIGEST 'h'
+#define LMC_KEY_FROZENSET 'f'
 #define LMC_KEY_INT 'i'
 #define LMC_KEY_PICKLE 'p'
 #define LMC_KEY_STR 's'
@@ -548,6 +549,9 @@ PyObject *lmc_store_set_many(StoreObject *self, PyObject *const *args, Py_ssize_
 PyObject *lmc_store_delete_many(StoreObject *self, PyObject *keys);
 PyObject *lmc_store_clear(StoreObject *self, PyObject *unused);
 PyObject *lmc_store_expire(StoreObject *self, PyObject *unused);
+/* hash128.c: Store._expire_time(key) (THE RULE) and _core._hash128(buffer). */
+PyObject *lmc_store_expire_time(StoreObject *self, PyObject *key);
+PyObject *lmc_hash128(PyObject *module, PyObject *arg);
 PyObject *lmc_store_prefix_count(StoreObject *self, PyObject *prefix);
 PyObject *lmc_store_prefix_delete(StoreObject *self, PyObject *prefix);
 PyObject *lmc_store_transaction(StoreObject *self, PyObject *unused);

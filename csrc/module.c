@@ -206,6 +206,7 @@ static PyMethodDef module_methods[] = {
      "How many forks this process descends from since the module loaded."},
     {"lmdb_version", lmdb_version, METH_NOARGS,
      "The (major, minor, patch) version of the liblmdb in use."},
+    {"_hash128", lmc_hash128, METH_O, "_hash128(buffer, /)\n--\n\nA fast non-cryptographic 128-bit digest (16 bytes)."},
     {NULL, NULL, 0, NULL},
 };
 

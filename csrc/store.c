@@ -658,6 +658,8 @@ static PyMethodDef store_methods[] = {
      "Remove keys in one transaction; how many were present."},
     {"clear", (PyCFunction)lmc_store_clear, METH_NOARGS,
      "clear($self, /)\n--\n\nRemove every entry of this namespace."},
+    {"_expire_time", (PyCFunction)lmc_store_expire_time, METH_O,
+     "_expire_time($self, key, /)\n--\n\nThe absolute expiry of key, or None; KeyError when absent."},
     {"expire", (PyCFunction)lmc_store_expire, METH_NOARGS,
      "expire($self, /)\n--\n\nRemove expired entries; how many."},
     {"close", (PyCFunction)store_close, METH_NOARGS,

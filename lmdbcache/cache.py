@@ -15,7 +15,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Iterator, Optional
 
+    from typing import ParamSpec, TypeVar, overload
+
     from ._maint import CompactResult, VerifyReport
+    from .memo import Memoized
+
+    _P = ParamSpec("_P")
+    _R = TypeVar("_R")
 
 DEFAULT_MAP_SIZE = 2 << 20
 MIN_SIZE_LIMIT = 1 << 16
@@ -286,21 +292,55 @@ class Cache(_core.Store, MutableMapping):
         options = dict(self._options, namespace=_Internal(name), ttl=None)
         return type(self)(self.path, **options)
 
+    if TYPE_CHECKING:
+        @overload
+        def memoize(
+            self,
+            func: Callable[_P, _R],
+            *,
+            ttl: float | None = None,
+            ignore: tuple | list = (),
+            typed: bool = False,
+            stampede: bool = False,
+            lease_timeout: float = 60.0,
+            key: Callable[..., Any] | None = None,
+        ) -> Memoized[_P, _R]: ...
+
+        @overload
+        def memoize(
+            self,
+            func: None = None,
+            *,
+            ttl: float | None = None,
+            ignore: tuple | list = (),
+            typed: bool = False,
+            stampede: bool = False,
+            lease_timeout: float = 60.0,
+            key: Callable[..., Any] | None = None,
+        ) -> Callable[[Callable[_P, _R]], Memoized[_P, _R]]: ...
+
     def memoize(
         self,
         func: Any = None,
         *,
         ttl: float | None = None,
-        ignore: tuple = (),
+        ignore: tuple | list = (),
         typed: bool = False,
         stampede: bool = False,
         lease_timeout: float = 60.0,
+        key: Any = None,
     ) -> Any:
         """Decorator: cache a function's results here.  See :func:`lmdbcache.memoize`."""
         from .memo import memoize
 
         return memoize(self, func, ttl=ttl, ignore=ignore, typed=typed, stampede=stampede,
-                       lease_timeout=lease_timeout)
+                       lease_timeout=lease_timeout, key=key)
+
+    def expire_time(self, key: Any) -> float | None:
+        """The absolute time (``time.time()`` scale) at which *key*'s entry
+        expires, or ``None`` when it never does; ``KeyError`` when *key* is
+        missing or expired."""
+        return self._expire_time(key)
 
     # -- mapping protocol beyond the C slots ----------------------------------
 

@@ -3,25 +3,31 @@
 Keys.  An entry's key is the tuple ``("r", function id, code fingerprint, args)``
 in the cache's internal ``__memo__`` namespace, where
 
-- the function id is ``module.qualname``;
+- the function id is ``module.qualname`` (of the function a partial, a bound
+  method or a callable instance runs);
 - the fingerprint hashes the function's code: bytecode, constants (nested code
-  objects included), names, defaults and keyword defaults.  Changing any of them
-  changes the fingerprint, so earlier results are never returned; the first call
-  after a change deletes the function's older entries;
+  objects included), names, defaults and keyword defaults.  It follows the
+  function's *current* code object: ``f.__code__ = other`` (IPython's autoreload)
+  is seen at the next call.  Changing any of them changes the fingerprint, so
+  earlier results are never returned; the first call after a change deletes the
+  function's older entries;
 - args are the arguments bound to the signature (``f(1, 2)``, ``f(1, b=2)`` and
-  ``f(a=1, b=2)`` are one entry; defaults are applied; names in *ignore* are
-  dropped), plus the values a nested function captures from enclosing scopes.
-  Small scalar arguments stay in the key as they are; anything else is pickled
-  and hashed (SHA-256), so large arguments never bloat keys.  NumPy arrays are
-  hashed by dtype, shape and content.
+  ``f(a=1, b=2)`` are one entry; defaults are applied; names or positions in
+  *ignore* are dropped), plus the state bound into the callable: a partial's
+  args and keywords, a bound method's or a callable instance's ``self``, and the
+  immutable values a nested function captures (numbers, str, bytes, None,
+  tuples and frozensets of them; functions and classes by name).  Small scalar
+  arguments stay in the key as they are; anything else is pickled and hashed
+  (128-bit, ``_core._hash128``), so large arguments never bloat keys.  NumPy
+  arrays are hashed by dtype, shape and content.
 
 Stampede control.  With ``stampede=True`` a missing result is computed by the
 caller that wins a lease (an atomic ``add`` of ``("l", id, fingerprint, args)``
 holding its pid, with a ttl of *lease_timeout* seconds).  Other callers, in any
-process or thread, wait and read the stored result.  A lease whose process is
-gone (even killed with SIGKILL) is taken over at once; one that outlives its
-ttl expires.  If the computation raises, the lease is released, the exception
-propagates to the computing caller, and a waiter computes it itself.
+process, thread or asyncio task, wait and read the stored result.  A lease whose
+process is gone (even killed with SIGKILL) is taken over at once; one that
+outlives its ttl expires.  If the computation raises, the lease is released, the
+exception propagates to the computing caller, and a waiter computes it itself.
 """
 from __future__ import annotations
 
@@ -35,13 +41,28 @@ import threading
 import time
 import types
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, overload
 
 from . import _core
+
+if sys.version_info >= (3, 10):
+    from typing import ParamSpec
+else:  # pragma: no cover
+    from typing_extensions import ParamSpec
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _MISS = object()
 _NoneType = type(None)
 _SHORT = 256  # longer str/bytes arguments are hashed
+_KEY_VERSION = b"lmdbcache.memo key v2"  # part of every fingerprint
+
+try:
+    _hash128 = _core._hash128
+except AttributeError:  # pragma: no cover - an older build of the extension
+    def _hash128(data: Any) -> bytes:
+        return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _const_repr(const: Any) -> str:
@@ -70,23 +91,86 @@ def function_id(func: Callable) -> str:
     module = getattr(func, "__module__", None)
     if module == "__mp_main__":
         module = "__main__"
-    return f"{module}.{getattr(func, '__qualname__', type(func).__qualname__)}"
+    qualname = getattr(func, "__qualname__", None)
+    if not isinstance(qualname, str):
+        qualname = type(func).__qualname__
+    return f"{module}.{qualname}"
 
 
-def fingerprint(func: Callable) -> str:
-    """A digest of *func*'s code, constants, defaults and keyword defaults."""
-    h = hashlib.sha256()
-    code = getattr(func, "__code__", None)
-    if code is None:
-        code = getattr(getattr(type(func), "__call__", None), "__code__", None)
-    if code is not None:
+class _NoCode:
+    """The code holder of a callable without Python code (a builtin, a class)."""
+
+    __slots__ = ()
+    __code__ = None
+
+
+_NO_CODE = _NoCode()
+
+
+def _fingerprint_of(target: Any, holder: Any) -> str:
+    """A digest of the code of *holder* and the defaults of *target*."""
+    h = hashlib.sha256(_KEY_VERSION)
+    code = getattr(holder, "__code__", None)
+    if isinstance(code, types.CodeType):
         _code_digest(code, h)
-    for defaults in (getattr(func, "__defaults__", None), getattr(func, "__kwdefaults__", None)):
+    for defaults in (getattr(target, "__defaults__", None), getattr(target, "__kwdefaults__", None)):
         try:
             h.update(_digest_value(defaults))
         except Exception:  # an unpicklable default (a lock, ...): its type stands in
             h.update(repr(type(defaults)).encode())
     return h.hexdigest()[:16]
+
+
+def fingerprint(func: Callable) -> str:
+    """A digest of *func*'s code, constants, defaults and keyword defaults."""
+    target, holder, _ = _resolve(func)
+    return _fingerprint_of(target, holder)
+
+
+def _resolve(func: Any) -> tuple:
+    """(target, code holder, bound state) of a callable.
+
+    target is what the function id and the defaults come from; the holder's
+    ``__code__`` is compared at each call; bound state is a list of
+    ``(kind, value)``: ``("self", obj)`` for a bound method or a callable
+    instance, ``("partial", (args, keywords))`` for a partial."""
+    if isinstance(func, functools.partial):
+        target, holder, state = _resolve(func.func)
+        bound = (func.args, tuple(sorted(func.keywords.items())))
+        return target, holder, state + [("partial", bound)]
+    if isinstance(func, types.MethodType):
+        target, holder, state = _resolve(func.__func__)
+        return target, holder, state + [("self", func.__self__)]
+    if isinstance(func, types.FunctionType):
+        return func, func, []
+    if isinstance(func, _Wrapper):
+        return func, _NO_CODE, []
+    if isinstance(func, (type, types.BuiltinFunctionType, types.BuiltinMethodType)):
+        return func, _NO_CODE, []
+    call = getattr(type(func), "__call__", None)
+    if isinstance(call, types.FunctionType):  # a callable instance
+        return call, call, [("self", func)]
+    return func, _NO_CODE, []
+
+
+_SCALARS = (int, float, complex, bool, str, bytes, _NoneType)
+
+
+def _captured_key(value: Any, depth: int = 0) -> Any:
+    """How a captured value enters the key, or _MISS when it is state (mutable
+    objects, instances): numbers, str, bytes, None and tuples/frozensets of
+    them are kept; functions and classes are keyed by name."""
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if (t is tuple or t is frozenset) and depth < 20:
+        items = [_captured_key(v, depth + 1) for v in value]
+        if any(v is _MISS for v in items):
+            return _MISS
+        return tuple(items) if t is tuple else frozenset(items)
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type, _Wrapper)):
+        return ("<function>", function_id(value))
+    return _MISS
 
 
 def _canonical(value: Any, depth: int = 0) -> Any:
@@ -111,25 +195,31 @@ def _canonical(value: Any, depth: int = 0) -> Any:
         value, "__wrapped__"
     ) and callable(value):
         return ("<function>", function_id(value))
+    if isinstance(value, functools.partial):
+        return ("<partial>", _canonical(value.func, depth + 1),
+                _canonical(value.args, depth + 1), _canonical(value.keywords, depth + 1))
     return value
 
 
-def _numpy_digest(value: Any, h: "hashlib._Hash") -> bool:
+def _numpy_digest(value: Any) -> bytes | None:
     np = sys.modules.get("numpy")
     if np is None or not isinstance(value, np.ndarray) or value.dtype.hasobject:
-        return False
-    h.update(b"ndarray")
-    h.update(str(value.dtype).encode())
-    h.update(repr(value.shape).encode())
-    h.update(np.ascontiguousarray(value).tobytes())
-    return True
+        return None
+    head = f"ndarray|{value.dtype.str}|{value.shape}|".encode()
+    data = value if value.flags.c_contiguous else np.ascontiguousarray(value)
+    try:
+        body = _hash128(memoryview(data).cast("B"))
+    except (TypeError, ValueError):  # a dtype memoryview cannot export
+        body = _hash128(data.tobytes())
+    return _hash128(head + body)
 
 
 def _digest_value(value: Any) -> bytes:
-    h = hashlib.sha256()
-    if not _numpy_digest(value, h):
-        h.update(pickle.dumps(_canonical(value), protocol=5))
-    return h.digest()
+    """A 128-bit digest of value: equal values, equal digests."""
+    digest = _numpy_digest(value)
+    if digest is None:
+        digest = _hash128(pickle.dumps(_canonical(value), protocol=5))
+    return digest
 
 
 def _alive(pid: Any) -> bool:
@@ -151,13 +241,15 @@ def _alive(pid: Any) -> bool:
 
 
 class _Memoized:
-    """The wrapper memoize returns (its public attributes are documented there)."""
+    """The state behind a memoized function (the public wrapper is _Wrapper)."""
 
-    def __init__(self, cache, func, ttl, ignore, typed, stampede, lease_timeout):
+    def __init__(self, cache, func, ttl, ignore, typed, stampede, lease_timeout, key=None):
         from .cache import _check_ttl  # circular at import time
 
         if not callable(func):
             raise TypeError(f"memoize() needs a callable, not {type(func).__name__}")
+        if key is not None and not callable(key):
+            raise TypeError(f"key must be a callable, not {type(key).__name__}")
         self.__wrapped__ = func
         self._cache = cache
         self._store = cache._internal_namespace("__memo__")
@@ -167,31 +259,59 @@ class _Memoized:
         self._lease_timeout = float(lease_timeout)
         if not self._lease_timeout > 0:
             raise ValueError(f"lease_timeout must be positive, got {lease_timeout!r}")
-        self._id = function_id(func)
-        self._fp = fingerprint(func)
+        self._keyfunc = key
+        self._options = dict(ttl=ttl, ignore=tuple(ignore) if not isinstance(ignore, str) else ignore,
+                             typed=typed, stampede=stampede, lease_timeout=lease_timeout, key=key)
+        self._target, self._holder, bound_state = _resolve(func)
+        self._is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+            self._target)
+        self._id = function_id(self._target)
+        if self._target is not func and isinstance(self._target, types.FunctionType) and \
+                getattr(type(func), "__call__", None) is self._target:
+            self._id = function_id(self._target)  # Class.__call__
+        self._code = self._holder.__code__
+        self._fp = _fingerprint_of(self._target, self._holder)
         self._prefix = ("r", self._id, self._fp)
         self._hits = 0
         self._misses = 0
-        self._closure = getattr(func, "__closure__", None)
+        closure = getattr(self._target, "__closure__", None) if self._holder is self._target else None
+        self._closure = closure or None
         try:
             sig = inspect.signature(func)
         except (TypeError, ValueError):
             sig = None
         self._sig = sig
         if isinstance(ignore, str):
-            raise TypeError(f"ignore must be a sequence of argument names, not the str {ignore!r}")
+            raise TypeError(f"ignore must be a sequence of argument names or positions, "
+                            f"not the str {ignore!r}")
         ignore = tuple(ignore)
-        if not all(isinstance(n, str) for n in ignore):
-            raise TypeError("ignore must be a sequence of argument names")
+        params = list(sig.parameters) if sig is not None else []
+        names = []
+        for n in ignore:
+            if isinstance(n, bool) or not isinstance(n, (str, int)):
+                raise TypeError("ignore must be a sequence of argument names or positions")
+            if isinstance(n, int):
+                if sig is None or not -len(params) <= n < len(params):
+                    raise ValueError(f"ignore: {self._id} has no parameter at position {n}")
+                n = params[n]
+            names.append(n)
+        # "self" names the bound instance of a bound method or a callable instance.
+        self._bound_state = bound_state
+        if "self" in names and "self" not in params and any(k == "self" for k, _ in bound_state):
+            names.remove("self")
+            self._bound_state = [(k, v) for k, v in bound_state if k != "self"]
         if sig is not None:
-            unknown = [n for n in ignore if n not in sig.parameters]
+            unknown = [n for n in names if n not in sig.parameters]
             if unknown:
                 raise ValueError(f"ignore names no parameter of {self._id}: {unknown}")
-        self._ignore = frozenset(ignore)
+        if key is not None and names:
+            raise ValueError("ignore and key cannot be combined: the key function decides")
+        self._ignore = frozenset(names)
+        self._has_extra = bool(self._closure or self._bound_state)
         # Fast path: only positional-or-keyword parameters.
         self._names = None
         self._keep = None
-        if sig is not None and all(
+        if key is None and sig is not None and all(
             p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in sig.parameters.values()
         ):
             self._names = tuple(sig.parameters)
@@ -200,10 +320,13 @@ class _Memoized:
                 self._keep = tuple(i for i, n in enumerate(self._names) if n not in self._ignore)
         self._readonly = bool(cache.readonly)
         self._checked = self._readonly
+        self._warned_size = False
 
     # -- keys ----------------------------------------------------------------------
 
     def _bound(self, args: tuple, kwargs: dict) -> tuple:
+        if self._keyfunc is not None:
+            return (self._keyfunc(*args, **kwargs),)
         names = self._names
         if names is not None:
             n = len(args)
@@ -238,12 +361,33 @@ class _Memoized:
             out.append(value)
         return tuple(out)
 
+    def _extra(self) -> list:
+        """(name, value) pairs of the state bound into the callable, read now."""
+        out = []
+        for kind, value in self._bound_state:
+            out.append(("self" if kind == "self" else "<partial>", value))
+        if self._closure:
+            captured = []
+            for cell in self._closure:
+                try:
+                    v = _captured_key(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    continue
+                if v is not _MISS:
+                    captured.append(v)
+            if captured:
+                out.append(("<closure>", tuple(captured)))
+        return out
+
     def _key(self, args: tuple, kwargs: dict) -> tuple:
         """prefix + the bound argument values when they are all small scalars
         (ints, short str/bytes, None; floats and bools too, normalised when not
-        typed), else prefix + one SHA-256 digest of them all."""
+        typed), else prefix + one 128-bit digest of them all."""
+        if self._holder.__code__ is not self._code or not self._checked:
+            self._sync_version()
         values = self._bound(args, kwargs)
-        simple = not self._closure
+        extra = self._extra() if self._has_extra else ()
+        simple = not extra
         normalized = []
         for v in values:
             t = type(v)
@@ -258,39 +402,48 @@ class _Memoized:
             normalized.append(v)
         if simple:
             return self._prefix + tuple(normalized)
-        if self._closure:
-            normalized.append(tuple(c.cell_contents for c in self._closure))
-        return self._prefix + (self._digest_args(normalized),)
+        names = self._arg_names(len(normalized))
+        for name, value in extra:
+            names.append(name)
+            normalized.append(value)
+        return self._prefix + (self._digest_args(names, normalized),)
 
-    def _digest_args(self, values: list) -> bytes:
-        h = hashlib.sha256()
-        names = self._arg_names(len(values))
+    def _digest_args(self, names: list, values: list) -> bytes:
+        parts = []
         for name, v in zip(names, values):
             if type(v) is float and not self._typed and v.is_integer():
                 v = int(v)
             try:
-                h.update(_digest_value(v))
+                parts.append(_digest_value(v))
             except Exception as exc:
                 raise TypeError(
                     f"argument {name!r} of type {type(v).__name__} cannot be pickled "
                     f"for the cache key ({exc})"
                 ) from None
-        return h.digest()
+        return _hash128(b"".join(parts))
 
     def _arg_names(self, n: int) -> list:
+        if self._keyfunc is not None:
+            return ["<key>"][:n]
         if self._sig is None:
             names = []
         else:
             names = [p for p in self._sig.parameters if p not in self._ignore]
-        names = names[:n] + [f"#{i}" for i in range(len(names), n)]
-        if self._closure:
-            names[-1] = "<closure>"
-        return names
+        return names[:n] + [f"#{i}" for i in range(len(names), n)]
 
     # -- invalidation ----------------------------------------------------------------
 
-    def _check_version(self) -> None:
-        """On the first call: drop entries written by other versions of the code."""
+    def _sync_version(self) -> None:
+        """Follow the current code object; on the first call of a code version,
+        drop entries written by other versions."""
+        code = self._holder.__code__
+        if code is not self._code:
+            self._code = code
+            self._fp = _fingerprint_of(self._target, self._holder)
+            self._prefix = ("r", self._id, self._fp)
+            self._checked = self._readonly
+        if self._checked:
+            return
         store = self._store
         version_key = ("v", self._id)
         if store.get(version_key) != self._fp:
@@ -301,59 +454,88 @@ class _Memoized:
                     store[version_key] = self._fp
         self._checked = True
 
+    _check_version = _sync_version
+
     # -- calls -----------------------------------------------------------------------
 
-    def make_wrapper(self) -> Callable:
+    def make_wrapper(self) -> "_Wrapper":
         """The function users call: the hit path kept short, in one closure."""
         get = self._store.get
-        prefix = self._prefix
         nparams = len(self._names) if self._names is not None else -1
-        fast = self._names is not None and self._keep is None and not self._closure
+        fast = self._names is not None and self._keep is None and not self._has_extra
         typed = self._typed
         key_of = self._key
+        holder = self._holder
+        func = self.__wrapped__
         state = self
 
-        @functools.wraps(self.__wrapped__)
-        def wrapper(*args, **kwargs):
-            if not state._checked:
-                state._check_version()
-            if fast and not kwargs and len(args) == nparams:
-                key = prefix + args
-                for a in args:  # what _key would keep as it is?
-                    t = type(a)
-                    if t is int or t is _NoneType:
-                        continue
-                    if (t is str or t is bytes) and len(a) <= _SHORT:
-                        continue
-                    if typed and (t is float or t is bool):
-                        continue
-                    key = key_of(args, kwargs)
-                    break
-            else:
+        if self._is_async:
+            async def call(*args, **kwargs):
                 key = key_of(args, kwargs)
-            value = get(key, _MISS)
-            if value is not _MISS:
-                state._hits += 1
-                return value
-            state._misses += 1
-            if state._readonly:
-                return state.__wrapped__(*args, **kwargs)
-            if state._stampede:
-                return state._compute_with_lease(key, args, kwargs)
-            return state._compute(key, args, kwargs)
+                value = get(key, _MISS)
+                if value is not _MISS:
+                    state._hits += 1
+                    return value
+                state._misses += 1
+                if state._readonly:
+                    return await func(*args, **kwargs)
+                if state._stampede:
+                    return await state._acompute_with_lease(key, args, kwargs)
+                return await state._acompute(key, args, kwargs)
+        else:
+            def call(*args, **kwargs):
+                if holder.__code__ is not state._code or not state._checked:
+                    state._sync_version()
+                if fast and not kwargs and len(args) == nparams:
+                    key = state._prefix + args
+                    for a in args:  # what _key would keep as it is?
+                        t = type(a)
+                        if t is int or t is _NoneType:
+                            continue
+                        if (t is str or t is bytes) and len(a) <= _SHORT:
+                            continue
+                        if typed and (t is float or t is bool):
+                            continue
+                        key = key_of(args, kwargs)
+                        break
+                else:
+                    key = key_of(args, kwargs)
+                value = get(key, _MISS)
+                if value is not _MISS:
+                    state._hits += 1
+                    return value
+                state._misses += 1
+                if state._readonly:
+                    return func(*args, **kwargs)
+                if state._stampede:
+                    return state._compute_with_lease(key, args, kwargs)
+                return state._compute(key, args, kwargs)
 
+        wrapper = _Wrapper(call)
+        wrapper._state = self
+        if isinstance(func, types.FunctionType):
+            functools.update_wrapper(wrapper, func)
+        else:
+            functools.update_wrapper(wrapper, func, updated=())
+        wrapper.__wrapped__ = func
         wrapper.cache_clear = self.cache_clear
         wrapper.cache_info = self.cache_info
         wrapper.check = self.check
         wrapper.check_call_in_cache = self.check
         wrapper.lookup = self.lookup
-        wrapper.fingerprint = self._fp
+        wrapper.refresh = self.arefresh if self._is_async else self.refresh
+        wrapper.bypass = func
         wrapper.cache = self._cache
         return wrapper
 
     def _compute(self, key: tuple, args: tuple, kwargs: dict, depth: int = 4) -> Any:
         value = self.__wrapped__(*args, **kwargs)
         self._store_result(key, value, depth)
+        return value
+
+    async def _acompute(self, key: tuple, args: tuple, kwargs: dict) -> Any:
+        value = await self.__wrapped__(*args, **kwargs)
+        self._store_result(key, value, 3)
         return value
 
     def _store_result(self, key: tuple, value: Any, depth: int) -> None:
@@ -366,6 +548,15 @@ class _Memoized:
                 RuntimeWarning,
                 stacklevel=depth,  # the caller of the memoized function
             )
+        except _core.MapFullError as exc:
+            if not self._warned_size:  # once per memoized function and process
+                self._warned_size = True
+                warnings.warn(
+                    f"lmdbcache.memoize: the result of {self._id} was returned but not cached: "
+                    f"it does not fit in the cache ({exc})",
+                    RuntimeWarning,
+                    stacklevel=depth,
+                )
 
     def _compute_with_lease(self, key: tuple, args: tuple, kwargs: dict) -> Any:
         store = self._store
@@ -391,6 +582,33 @@ class _Memoized:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.05)
 
+    async def _acompute_with_lease(self, key: tuple, args: tuple, kwargs: dict) -> Any:
+        import asyncio
+
+        store = self._store
+        lease_key = ("l",) + key[1:]
+        # One lease per task: tasks of one thread must not share a holder.
+        me = (os.getpid(), threading.get_ident(), id(asyncio.current_task()))
+        delay = 0.002
+        while True:
+            if store.add(lease_key, me, ttl=self._lease_timeout):
+                try:
+                    value = store.get(key, _MISS)
+                    if value is _MISS:
+                        value = await self._acompute(key, args, kwargs)
+                    return value
+                finally:
+                    self._release(lease_key, me)
+            value = store.get(key, _MISS)
+            if value is not _MISS:
+                return value
+            holder = store.get(lease_key)
+            if holder is not None and not _alive(holder[0]):
+                self._release(lease_key, holder)
+                continue
+            await asyncio.sleep(delay)  # never blocks the event loop
+            delay = min(delay * 1.5, 0.05)
+
     def _release(self, lease_key: tuple, holder: tuple) -> None:
         store = self._store
         with store.transaction():
@@ -406,23 +624,88 @@ class _Memoized:
 
     def cache_info(self) -> "CacheInfo":
         """Hits and misses of this process, and the entries stored for this code."""
+        if self._holder.__code__ is not self._code:
+            self._sync_version()
         return CacheInfo(self._hits, self._misses, None, self._store._prefix_count(self._prefix))
 
     def check(self, *args: Any, **kwargs: Any) -> bool:
         """Whether a result for these arguments is stored (nothing is computed)."""
-        if not self._checked:
-            self._check_version()
         return self._key(args, kwargs) in self._store
 
     def lookup(self, *args: Any, **kwargs: Any) -> Any:
         """The stored result for these arguments; KeyError when there is none."""
-        if not self._checked:
-            self._check_version()
         key = self._key(args, kwargs)
         value = self._store.get(key, _MISS)
         if value is _MISS:
             raise KeyError(f"{self._id}: no stored result for these arguments")
         return value
+
+    def refresh(self, *args: Any, **kwargs: Any) -> Any:
+        """Compute the result for these arguments again, store and return it."""
+        key = self._key(args, kwargs)
+        if self._readonly:
+            return self.__wrapped__(*args, **kwargs)
+        return self._compute(key, args, kwargs, depth=3)
+
+    async def arefresh(self, *args: Any, **kwargs: Any) -> Any:
+        """refresh for an async def function: await the recomputation."""
+        key = self._key(args, kwargs)
+        if self._readonly:
+            return await self.__wrapped__(*args, **kwargs)
+        return await self._acompute(key, args, kwargs)
+
+
+class _Wrapper(functools.partial):
+    """A memoized function: call it like the function it wraps.
+
+    A partial over the closure that does the work, so a call costs no extra
+    Python frame; it binds as a method, and pickles as (its cache, the function,
+    the options) unless it can be found by name."""
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        return types.MethodType(self, obj)
+
+    # joblib's ``func`` (the wrapped function), in place of partial's member:
+    # calls go through the C struct, never through this attribute.
+    @property
+    def func(self) -> Any:  # type: ignore[override]
+        return self.__dict__.get("_func", self._state.__wrapped__)
+
+    @func.setter
+    def func(self, value: Any) -> None:
+        self.__dict__["_func"] = value
+
+    @property
+    def fingerprint(self) -> str:
+        st = self._state
+        if st._holder.__code__ is not st._code:
+            st._sync_version()
+        return st._fp
+
+    def __reduce__(self) -> Any:
+        st = self._state
+        module = getattr(self, "__module__", None)
+        qualname = self.__dict__.get("__qualname__")
+        if isinstance(module, str) and isinstance(qualname, str):
+            obj: Any = sys.modules.get(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part, None)
+            if obj is self:
+                return qualname  # pickled by reference, like a function
+        return (_rebuild, (st._cache, st.__wrapped__, st._options))
+
+    def __repr__(self) -> str:
+        return f"<memoized {self._state._id}>"
+
+    # partial's own state protocol is not ours
+    def __setstate__(self, state: Any) -> None:  # pragma: no cover
+        raise TypeError("a memoized function is rebuilt, not restored")
+
+
+def _rebuild(cache: Any, func: Callable, options: dict) -> "_Wrapper":
+    return memoize(cache, func, **options)
 
 
 class CacheInfo(tuple):
@@ -443,26 +726,85 @@ class CacheInfo(tuple):
         return "CacheInfo(hits={}, misses={}, maxsize={}, currsize={})".format(*self)
 
 
+class Memoized(Generic[P, R]):
+    """What type checkers see of a memoized function (the runtime class is a
+    private ``functools.partial`` subclass): the wrapped function's signature,
+    and the methods below."""
+
+    __wrapped__: Callable[P, R]
+    cache: Any
+    fingerprint: str
+
+    if TYPE_CHECKING:
+        def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+        def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+        def bypass(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+        def check(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+        def check_call_in_cache(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+        def lookup(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+        def cache_clear(self) -> int: ...
+        def cache_info(self) -> CacheInfo: ...
+        def __get__(self, obj: Any, objtype: Any = None) -> Any: ...
+
+
+@overload
 def memoize(
-    cache: Any = None,
-    func: Callable | None = None,
+    cache: Callable[P, R],
+    func: None = None,
+) -> Memoized[P, R]: ...
+
+
+@overload
+def memoize(
+    cache: Any,
+    func: Callable[P, R],
     *,
     ttl: float | None = None,
-    ignore: tuple = (),
+    ignore: tuple | list = (),
     typed: bool = False,
     stampede: bool = False,
     lease_timeout: float = 60.0,
-):
+    key: Callable[..., Any] | None = None,
+) -> Memoized[P, R]: ...
+
+
+@overload
+def memoize(
+    cache: Any = None,
+    func: None = None,
+    *,
+    ttl: float | None = None,
+    ignore: tuple | list = (),
+    typed: bool = False,
+    stampede: bool = False,
+    lease_timeout: float = 60.0,
+    key: Callable[..., Any] | None = None,
+) -> Callable[[Callable[P, R]], Memoized[P, R]]: ...
+
+
+def memoize(
+    cache: Any = None,
+    func: Any = None,
+    *,
+    ttl: float | None = None,
+    ignore: tuple | list = (),
+    typed: bool = False,
+    stampede: bool = False,
+    lease_timeout: float = 60.0,
+    key: Callable[..., Any] | None = None,
+) -> Any:
     """Cache *func*'s results in *cache* (a ``Cache`` or a directory path).
 
     Use as ``@lmdbcache.memoize("~/.cache/proj")`` or ``@cache.memoize()``.
+    *func* may be a function, an ``async def`` function, a ``functools.partial``,
+    a bound method or a callable instance.
 
     ttl
         Seconds a result stays valid (``None``: until the code changes or it is
         evicted).
     ignore
-        Names of arguments left out of the key (``("self",)`` for methods, or a
-        ``verbose`` flag that does not change the result).
+        Names or positions of arguments left out of the key (``("self",)`` for
+        methods, or a ``verbose`` flag that does not change the result).
     typed
         ``False`` (default): ``f(1)``, ``f(1.0)`` and ``f(True)`` share an entry, as
         with ``functools.lru_cache``.  ``True``: they are distinct.
@@ -470,9 +812,14 @@ def memoize(
         Let only one caller at a time, across processes, compute a missing result;
         the others wait for it.  *lease_timeout* bounds how long a computation may
         hold the lease before another caller takes over.
+    key
+        A function called with the call's arguments whose (picklable) result
+        stands for them in the key.
 
     The wrapper has ``cache_clear()``, ``cache_info()``, ``check(*args, **kw)``
-    (also ``check_call_in_cache``), ``lookup(*args, **kw)`` and ``__wrapped__``.
+    (also ``check_call_in_cache``), ``lookup(*args, **kw)``, ``refresh(*args,
+    **kw)`` (recompute and store), ``bypass(*args, **kw)`` and ``__wrapped__``
+    (call without the cache).
     """
     from .cache import Cache, _check_ttl
 
@@ -487,10 +834,13 @@ def memoize(
 
     _check_ttl(ttl)  # bad options fail here, not when decorating
     if isinstance(ignore, str):
-        raise TypeError(f"ignore must be a sequence of argument names, not the str {ignore!r}")
+        raise TypeError(f"ignore must be a sequence of argument names or positions, "
+                        f"not the str {ignore!r}")
+    if key is not None and not callable(key):
+        raise TypeError(f"key must be a callable, not {type(key).__name__}")
 
-    def decorate(f: Callable) -> Callable:
-        return _Memoized(cache, f, ttl, ignore, typed, stampede, lease_timeout).make_wrapper()
+    def decorate(f: Any) -> Any:
+        return _Memoized(cache, f, ttl, ignore, typed, stampede, lease_timeout, key).make_wrapper()
 
     if func is not None:
         return decorate(func)

@@ -68,3 +68,13 @@ def count_words(words):
     """Takes a set of str: equal sets must share one entry in every process."""
     cache.incr(("calls", "count_words"))
     return len(words)
+
+
+def _slow_cube(x):
+    """Memoized by a plain call below: the module attribute ``_slow_cube`` is
+    the undecorated function, so the wrapper cannot pickle by reference."""
+    cache.incr(("calls", "cube"))
+    return x ** 3, os.getpid()
+
+
+fast_cube = cache.memoize(_slow_cube)

@@ -1104,3 +1104,320 @@ def test_bad_ttl_and_lease_timeout(cache):
         cache.memoize(f, stampede=True, lease_timeout=0)
     with pytest.raises(ValueError):
         cache.memoize(f, stampede=True, lease_timeout=-5)
+
+
+# ---- round 2: the key means the same call (issue 11) --------------------------------
+
+
+def _add(a, b):
+    LOG.append(("add", a, b))
+    return a + b
+
+
+def _mul(a, b):
+    LOG.append(("mul", a, b))
+    return a * b
+
+
+class Scaler:
+    def __init__(self, factor):
+        self.factor = factor
+
+    def scale(self, x):
+        LOG.append(("scale", self.factor, x))
+        return self.factor * x
+
+    def __call__(self, x):
+        LOG.append(("call", self.factor, x))
+        return self.factor * x + 1
+
+
+def test_partials_are_keyed_by_func_args_and_keywords(cache):
+    import functools
+
+    add1 = cache.memoize(functools.partial(_add, 1))
+    mul10 = cache.memoize(functools.partial(_mul, 10))
+    add2 = cache.memoize(functools.partial(_add, b=2))
+    assert add1(5) == 6
+    assert mul10(5) == 50
+    assert add2(5) == 7
+    assert add1(5) == 6 and mul10(5) == 50 and add2(5) == 7
+    assert LOG == [("add", 1, 5), ("mul", 10, 5), ("add", 5, 2)]
+
+
+def test_callable_instances_are_keyed_by_their_state(cache):
+    two, three = cache.memoize(Scaler(2)), cache.memoize(Scaler(3))
+    assert (two(5), three(5), two(5), three(5)) == (11, 16, 11, 16)
+    assert LOG == [("call", 2, 5), ("call", 3, 5)]
+
+
+def test_bound_methods_are_keyed_by_self_unless_ignored(cache):
+    s2, s3 = cache.memoize(Scaler(2).scale), cache.memoize(Scaler(3).scale)
+    assert (s2(5), s3(5), s2(5), s3(5)) == (10, 15, 10, 15)
+    assert LOG == [("scale", 2, 5), ("scale", 3, 5)]
+    LOG.clear()
+    cache.memoize(Scaler(2).scale, ignore=("self",)).cache_clear()
+    i2 = cache.memoize(Scaler(2).scale, ignore=("self",))
+    i3 = cache.memoize(Scaler(3).scale, ignore=("self",))
+    assert (i2(7), i3(7)) == (14, 14)  # self left out: one entry
+    assert LOG == [("scale", 2, 7)]
+
+
+def test_code_swapped_after_decoration_is_seen(cache):
+    def f(x):
+        return x + 1
+
+    def g(x):
+        return x * 100
+
+    mf = cache.memoize(f)
+    assert mf(2) == 3
+    fp = mf.fingerprint
+    f.__code__ = g.__code__  # what IPython's autoreload does
+    assert mf(2) == 200
+    assert mf.fingerprint != fp
+    assert mf(2) == 200
+
+
+def test_captured_mutable_state_is_not_in_the_key(cache):
+    seen = []
+    factor = 3
+
+    @cache.memoize
+    def f(x):
+        seen.append(x)
+        return x * factor
+
+    for _ in range(5):
+        assert f(2) == 6
+    assert seen == [2]
+    assert f.cache_info().currsize == 1
+
+
+def test_captured_immutable_values_are_in_the_key(cache):
+    def make(offset, names):
+        @cache.memoize
+        def f(x):
+            LOG.append((offset, x))
+            return (x + offset, names)
+        return f
+
+    assert make(1, ("a",))(1) == (2, ("a",))
+    assert make(2, ("a",))(1) == (3, ("a",))
+    assert make(1, ("a",))(1) == (2, ("a",))
+    assert LOG == [(1, 1), (2, 1)]
+
+
+def test_joblib_scenarios_lambda_nested_args_as_kwargs(cache):
+    lam = cache.memoize(lambda x, y=1: LOG.append((x, y)) or x + y)
+    assert lam(1) == lam(1, 1) == lam(x=1, y=1) == lam(1, y=1) == 2
+    assert LOG == [(1, 1)]
+
+
+def test_async_functions_are_memoized(cache):
+    import asyncio
+
+    @cache.memoize
+    async def fetch(x):
+        LOG.append(x)
+        await asyncio.sleep(0)
+        return x * 2
+
+    import inspect
+    assert inspect.iscoroutinefunction(fetch)
+
+    async def main():
+        return [await fetch(3), await fetch(3), await fetch(4)]
+
+    with warnings_as_errors():
+        assert asyncio.run(main()) == [6, 6, 8]
+    assert LOG == [3, 4]
+    assert fetch.check(3)
+
+
+def test_async_stampede_waiters_do_not_block_the_loop(cache):
+    import asyncio
+
+    @cache.memoize(stampede=True)
+    async def slow(x):
+        LOG.append(x)
+        await asyncio.sleep(0.3)
+        return x + 1
+
+    ticks = []
+
+    async def ticker():
+        for _ in range(10):
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.02)
+
+    async def main():
+        return await asyncio.gather(slow(1), slow(1), slow(1), ticker())
+
+    with warnings_as_errors():
+        results = asyncio.run(main())
+    assert results[:3] == [2, 2, 2]
+    assert LOG == [1]
+    assert len(ticks) == 10 and max(b - a for a, b in zip(ticks, ticks[1:])) < 0.2
+
+
+class warnings_as_errors:
+    def __enter__(self):
+        import warnings
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc)
+
+
+def test_result_larger_than_size_limit_is_returned_with_one_warning(cache_dir):
+    with Cache(cache_dir, size_limit=1 << 16) as small:
+        @small.memoize
+        def big(n):
+            LOG.append(n)
+            return b"x" * n
+
+        with pytest.warns(RuntimeWarning, match="does not fit"):
+            assert len(big(1 << 20)) == 1 << 20
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert len(big(1 << 20)) == 1 << 20  # computed again, no second warning
+        assert LOG == [1 << 20, 1 << 20]
+        assert big(10) == b"x" * 10 and big(10) == b"x" * 10
+        assert LOG[-1] == 10 and len(LOG) == 3
+
+
+def test_plain_call_wrapper_pickles(cache):
+    fast = cache.memoize(_add)
+    clone = pickle.loads(pickle.dumps(fast))
+    assert clone(1, 2) == 3 and fast(1, 2) == 3
+    assert LOG == [("add", 1, 2)]  # the clone stored, the original read it
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_plain_call_wrapper_in_pool_map(method, cache_dir, tmp_path):
+    out = run_driver(
+        """
+        import json, multiprocessing as mp, os, sys
+        import _memo_workers as w
+        if __name__ == "__main__":
+            with mp.get_context(sys.argv[1]).Pool(2) as pool:
+                res = pool.map(w.fast_cube, range(5))
+            print(json.dumps({"res": res, "parent": [w.fast_cube(i) for i in range(5)],
+                              "calls": w.calls("cube"), "pid": os.getpid()}))
+        """,
+        method, cache_dir=cache_dir, cwd=tmp_path)
+    assert [r[0] for r in out["res"]] == [i ** 3 for i in range(5)]
+    assert all(r[1] != out["pid"] for r in out["res"])
+    assert out["parent"] == out["res"] and out["calls"] == 5
+
+
+def test_key_function_refresh_bypass_and_ignore_positions(cache):
+    @cache.memoize(key=lambda path, verbose=False: path.lower())
+    def load(path, verbose=False):
+        LOG.append(path)
+        return len(LOG)
+
+    assert load("A") == 1 and load("a") == 1 and load("a", verbose=True) == 1
+    assert load.refresh("a") == 2 and load("A") == 2
+    assert load.bypass("a") == 3 and load("a") == 2
+    assert load.__wrapped__("a") == 4 and load("a") == 2
+
+    @cache.memoize(ignore=(1,))
+    def g(x, verbose):
+        LOG.append(x)
+        return x
+
+    LOG.clear()
+    assert g(1, True) == g(1, False) == 1 and LOG == [1]
+    with pytest.raises(ValueError):
+        cache.memoize(_add, ignore=(5,))
+
+
+def test_frozenset_keys_are_independent_of_the_hash_seed(cache_dir, tmp_path):
+    code = """
+        import json, sys, lmdbcache
+        c = lmdbcache.Cache(sys.argv[1])
+        key = frozenset({"alpha", "beta", "gamma", "delta", "eps", ("t", 1), 3})
+        if sys.argv[2] == "set":
+            c[key] = "v"
+        print(json.dumps(c.get(key)))
+    """
+    assert run_driver(code, cache_dir, "set", cache_dir=cache_dir, cwd=tmp_path,
+                      PYTHONHASHSEED="1") == "v"
+    for seed in ("2", "3", "4", "5"):
+        assert run_driver(code, cache_dir, "get", cache_dir=cache_dir, cwd=tmp_path,
+                          PYTHONHASHSEED=seed) == "v"
+
+
+def test_expire_time(cache):
+    cache.set("a", 1, ttl=100)
+    cache["b"] = 2
+    t = cache.expire_time("a")
+    assert t is not None and abs(t - (time.time() + 100)) < 5
+    assert cache.expire_time("b") is None
+    with pytest.raises(KeyError):
+        cache.expire_time("missing")
+
+
+def test_memoize_signature_checks_with_mypy(tmp_path):
+    pytest.importorskip("mypy")
+    example = tmp_path / "typed_example.py"
+    example.write_text(textwrap.dedent("""
+        import lmdbcache
+
+        cache = lmdbcache.Cache("/tmp/unused-typed-example")
+
+        @cache.memoize
+        def f(a: int, b: str = "x") -> float:
+            return 1.0
+
+        @cache.memoize(ttl=10)
+        def g(a: int) -> str:
+            return "s"
+
+        @lmdbcache.memoize(cache)
+        async def h(a: int) -> int:
+            return a
+
+        x: float = f(1, "y")
+        y: str = g(2)
+        z: bool = f.check(1)
+        r: float = f.refresh(1)
+        """))
+    bad = tmp_path / "typed_bad.py"
+    bad.write_text(textwrap.dedent("""
+        import lmdbcache
+
+        cache = lmdbcache.Cache("/tmp/unused-typed-example")
+
+        @cache.memoize
+        def f(a: int) -> float:
+            return 1.0
+
+        f("not an int")
+        """))
+    cmd = [sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+           "--cache-dir", str(tmp_path / ".mypy")]
+    ok = subprocess.run(cmd + [str(example)], capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    ko = subprocess.run(cmd + [str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    assert ko.returncode == 1 and "arg-type" in ko.stdout, ko.stdout
+
+
+def test_hash128_is_a_stable_16_byte_digest():
+    from lmdbcache import _core
+
+    assert len(_core._hash128(b"")) == 16
+    seen = {_core._hash128(bytes(n)) for n in range(200)}
+    assert len(seen) == 200  # the length is part of the digest
+    big = bytes(range(256)) * 1024  # above the GIL-release threshold
+    assert _core._hash128(big) == _core._hash128(memoryview(big))
+    flipped = bytearray(big)
+    flipped[12345] ^= 1
+    assert _core._hash128(bytes(flipped)) != _core._hash128(big)
+    with pytest.raises(TypeError):
+        _core._hash128("not a buffer")
