@@ -544,6 +544,52 @@ static int prealloc_lock(const char *path, unsigned int max_readers)
 #endif
 }
 
+/* LMDB's mdb_env_open waits without a bound (F_SETLKW) while another process
+ * holds the exclusive fcntl lock on byte 0 of lock.mdb: LMDB's first opener
+ * holds it during its own mdb_env_open, compact() during its swap -- and a
+ * hostile process that can open lock.mdb for writing, forever.  Wait here
+ * instead, at most timeout seconds (GIL released), then LockError.  F_GETLK
+ * takes no lock, so closing the probe descriptor drops none of this
+ * process's (it holds none on the file yet: one Env per file).  A lock taken
+ * between this probe and LMDB's is still waited for by LMDB. */
+static int lock_file_wait(lmc_state *st, const char *lock, double timeout)
+{
+    struct flock fl;
+    double deadline = lmc_now() + timeout;
+    int fd, rc = 0;
+    long pid = 0;
+
+    fd = open(lock, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return 0; /* absent (LMDB creates it) or unreadable (LMDB reports it) */
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        memset(&fl, 0, sizeof(fl));
+        fl.l_type = F_RDLCK;
+        fl.l_whence = SEEK_SET;
+        fl.l_start = 0;
+        fl.l_len = 1;
+        if (fcntl(fd, F_GETLK, &fl) != 0 || fl.l_type == F_UNLCK)
+            break;
+        if (lmc_now() >= deadline) {
+            rc = 1;
+            pid = (long)fl.l_pid;
+            break;
+        }
+        sleep_ms(5);
+    }
+    Py_END_ALLOW_THREADS
+    close(fd);
+    if (rc != 0) {
+        PyErr_Format(st->LockError,
+                     "cannot open the environment in '%s': process %ld has held the exclusive "
+                     "lock on lock.mdb for more than %g s (see the timeout option)",
+                     lock, pid, timeout);
+        return -1;
+    }
+    return 0;
+}
+
 int lmc_files_check(lmc_state *st, lmc_env *e, const lmc_options *opt, size_t *file_size)
 {
     char *data = join(e->path, "data.mdb"), *lock = join(e->path, "lock.mdb");
@@ -609,6 +655,8 @@ lock:
         lmc_raise(st, rc, "allocate the lock file", lock);
         goto done;
     }
+    if (lock_file_wait(st, lock, opt->timeout) < 0)
+        goto done;
     result = 0;
 done:
     if (fd >= 0)

@@ -167,7 +167,9 @@ class Cache(_core.Store, MutableMapping):
         ``"full"``: every write is flushed to disk before it returns (fsync).
     timeout
         Seconds an open waits for another process that holds the cache's
-        ``guard.lock`` (default 60) before raising :class:`LockError`.
+        ``guard.lock`` or LMDB's exclusive lock on ``lock.mdb`` (default 60)
+        before raising :class:`LockError`.  A write waiting for another
+        process's write transaction (LMDB's writer mutex) is not bounded.
     on_incompatible
         What to do with a cache written by an LMDB release of another data format
         (LMDB 0.9 and 1.0 cannot read each other's files): ``"raise"`` (default)

@@ -261,9 +261,13 @@ def test_planted_unsynced_marker_is_refused(arena):
         assert c["k"] == b"victim's bytes"
 
 
-def test_held_guard_lock_times_out(arena):
-    """Even where the attacker may open guard.lock (a shared directory), a
-    held lock makes the open give up after `timeout`, not hang."""
+@pytest.mark.parametrize("which, readonly", [("guard.lock", False), ("lock.mdb", False),
+                                             ("lock.mdb", True)])
+def test_held_lock_times_out(arena, which, readonly):
+    """Even where the attacker may open guard.lock or lock.mdb (a shared
+    directory), a lock held forever makes the open give up after `timeout`
+    with LockError, instead of hanging (LMDB itself would wait on lock.mdb
+    without a bound)."""
     path = victim_cache(arena)
     careless(path)
     r, w = os.pipe()
@@ -276,8 +280,11 @@ def test_held_guard_lock_times_out(arena):
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
-            fd = os.open(os.path.join(path, "guard.lock"), os.O_RDWR)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = os.open(os.path.join(path, which), os.O_RDWR)
+            if which == "guard.lock":
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:  # LMDB's own exclusive lock: byte 0, fcntl
+                fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0, os.SEEK_SET)
             os.write(w, b"x")
             time.sleep(60)
         finally:
@@ -286,12 +293,12 @@ def test_held_guard_lock_times_out(arena):
         os.close(w)
         assert select.select([r], [], [], 10)[0] and os.read(r, 1) == b"x"
         t0 = time.monotonic()
-        with pytest.raises(LockError, match="guard.lock"):
-            Cache(path, allow_shared=True, timeout=1)
+        with pytest.raises(LockError, match=which):
+            Cache(path, allow_shared=True, timeout=1, readonly=readonly)
         took = time.monotonic() - t0
         assert 0.9 <= took < 10, took
         with pytest.raises(UnsafeCacheError):  # and without allow_shared, no wait at all
-            Cache(path, timeout=1)
+            Cache(path, timeout=1, readonly=readonly)
     finally:
         os.close(r)
         os.kill(pid, signal.SIGKILL)
