@@ -441,3 +441,17 @@ def test_umask_000_creates_only_private_files(arena):
         if stat.S_IMODE(mode) != want:
             bad[name] = oct(stat.S_IMODE(mode))
     assert not bad, f"not private under umask 000: {bad}"
+
+
+# ---- the command line -----------------------------------------------------------
+
+
+def test_cli_refuses_a_shared_directory_unless_told(arena):
+    path = victim_cache(arena)
+    os.chmod(path, 0o777)
+    cmd = [sys.executable, "-P", "-m", "lmdbcache", "stat", path]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out
+    assert "writable by others" in out.stderr and len(out.stderr.splitlines()) == 1
+    out = subprocess.run(cmd + ["--allow-shared"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
