@@ -25,6 +25,7 @@
 #include "lmdbcache.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -123,8 +124,10 @@ static int move_aside(lmc_env *e, const char *prefix, char **to)
         dir = join(e->path, stamp);
         if (dir == NULL)
             return ENOMEM;
-        if (mkdir(dir, 0700) == 0)
+        if (mkdir(dir, 0700) == 0) {
+            chmod(dir, 0700); /* exactly, whatever the umask */
             break;
+        }
         if (errno != EEXIST) {
             rc = errno;
             goto done;
@@ -147,6 +150,109 @@ done:
     else
         PyMem_RawFree(dir);
     return rc;
+}
+
+/* ---- the trust check ---------------------------------------------------------
+ * Values and non-native keys are pickles: whoever can write the cache's files
+ * can run code in every process that reads them.  So before any file is
+ * opened, the directory and the files lmdbcache opens must be ours (or
+ * root's) and not writable by group or others; none of the files may be a
+ * symlink.  Once the directory passes, no other user can add, remove or
+ * replace its entries, so what is checked here is what LMDB opens. */
+
+static const char *const trusted_names[] = {"data.mdb", "lock.mdb", "guard.lock", "unsynced"};
+
+static int unsafe(lmc_state *st, const char *dir, const char *what, const char *problem,
+                  const char *fix)
+{
+    PyErr_Format(st->UnsafeCacheError,
+                 "refusing to open the cache in '%s': %s %s; whoever can write a cache can "
+                 "run code in every process that reads it (values are pickles).  %s",
+                 dir, what, problem, fix);
+    return -1;
+}
+
+/* Owner and mode of sb (the entry `what` of the cache in dir). */
+static int trust_stat(lmc_state *st, const char *dir, const char *what, const struct stat *sb,
+                      const lmc_options *opt)
+{
+    char problem[160], fix[PATH_MAX + 200];
+    uid_t me = geteuid();
+
+    if (opt->allow_shared)
+        return 0;
+    if (sb->st_uid != me && sb->st_uid != 0) {
+        PyOS_snprintf(problem, sizeof(problem), "is owned by uid %ld, not by this process's "
+                      "uid %ld (nor root)", (long)sb->st_uid, (long)me);
+        PyOS_snprintf(fix, sizeof(fix), "Use a directory of your own, or pass "
+                      "allow_shared=True if you trust every user who can write it.");
+        return unsafe(st, dir, what, problem, fix);
+    }
+    if (sb->st_mode & (S_IWGRP | S_IWOTH)) {
+        PyOS_snprintf(problem, sizeof(problem), "is writable by %s (mode %04o)",
+                      (sb->st_mode & S_IWOTH) ? "others" : "its group",
+                      (unsigned)(sb->st_mode & 07777));
+        PyOS_snprintf(fix, sizeof(fix), "Run chmod go-w on it, or pass allow_shared=True if "
+                      "you trust every user who can write it.");
+        return unsafe(st, dir, what, problem, fix);
+    }
+    return 0;
+}
+
+int lmc_trust_check(lmc_state *st, const char *path, const lmc_options *opt)
+{
+    char what[PATH_MAX + 32], *file;
+    struct stat sb, lsb;
+    size_t i;
+    int rc;
+
+    if (lstat(path, &lsb) != 0) {
+        lmc_raise(st, errno, "open the cache directory", path);
+        return -1;
+    }
+    if (S_ISLNK(lsb.st_mode)) {
+        /* A symlink of ours (or root's) to a directory that passes itself: the
+         * link can only be replaced by who can write its parent, which is not
+         * checked (see docs/security.md). */
+        if (!opt->allow_shared && lsb.st_uid != geteuid() && lsb.st_uid != 0)
+            return unsafe(st, path, "the directory", "is a symlink owned by another user",
+                          "Pass the real path of the directory.");
+        if (stat(path, &sb) != 0) {
+            lmc_raise(st, errno, "open the cache directory", path);
+            return -1;
+        }
+    }
+    else
+        sb = lsb;
+    if (!S_ISDIR(sb.st_mode))
+        return 0; /* the caller reports it */
+    if (trust_stat(st, path, "the directory", &sb, opt) < 0)
+        return -1;
+    for (i = 0; i < sizeof(trusted_names) / sizeof(trusted_names[0]); i++) {
+        file = join(path, trusted_names[i]);
+        if (file == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        rc = lstat(file, &lsb);
+        if (rc != 0 && errno != ENOENT && errno != ENOTDIR) {
+            lmc_raise(st, errno, "inspect the cache's files", file);
+            PyMem_RawFree(file);
+            return -1;
+        }
+        PyMem_RawFree(file);
+        if (rc != 0)
+            continue;
+        PyOS_snprintf(what, sizeof(what), "'%s'", trusted_names[i]);
+        if (S_ISLNK(lsb.st_mode))
+            return unsafe(st, path, what, "is a symlink (which LMDB would follow)",
+                          "Remove it; lmdbcache never creates symlinks.");
+        if (!S_ISREG(lsb.st_mode))
+            return unsafe(st, path, what, "is not a regular file", "Remove it.");
+        if (trust_stat(st, path, what, &lsb, opt) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 int lmc_guard_enter(lmc_state *st, lmc_env *e, const lmc_options *opt, int *lock_fd)
@@ -438,6 +544,52 @@ static int prealloc_lock(const char *path, unsigned int max_readers)
 #endif
 }
 
+/* LMDB's mdb_env_open waits without a bound (F_SETLKW) while another process
+ * holds the exclusive fcntl lock on byte 0 of lock.mdb: LMDB's first opener
+ * holds it during its own mdb_env_open, compact() during its swap -- and a
+ * hostile process that can open lock.mdb for writing, forever.  Wait here
+ * instead, at most timeout seconds (GIL released), then LockError.  F_GETLK
+ * takes no lock, so closing the probe descriptor drops none of this
+ * process's (it holds none on the file yet: one Env per file).  A lock taken
+ * between this probe and LMDB's is still waited for by LMDB. */
+static int lock_file_wait(lmc_state *st, const char *lock, double timeout)
+{
+    struct flock fl;
+    double deadline = lmc_now() + timeout;
+    int fd, rc = 0;
+    long pid = 0;
+
+    fd = open(lock, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return 0; /* absent (LMDB creates it) or unreadable (LMDB reports it) */
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        memset(&fl, 0, sizeof(fl));
+        fl.l_type = F_RDLCK;
+        fl.l_whence = SEEK_SET;
+        fl.l_start = 0;
+        fl.l_len = 1;
+        if (fcntl(fd, F_GETLK, &fl) != 0 || fl.l_type == F_UNLCK)
+            break;
+        if (lmc_now() >= deadline) {
+            rc = 1;
+            pid = (long)fl.l_pid;
+            break;
+        }
+        sleep_ms(5);
+    }
+    Py_END_ALLOW_THREADS
+    close(fd);
+    if (rc != 0) {
+        PyErr_Format(st->LockError,
+                     "cannot open the environment in '%s': process %ld has held the exclusive "
+                     "lock on lock.mdb for more than %g s (see the timeout option)",
+                     lock, pid, timeout);
+        return -1;
+    }
+    return 0;
+}
+
 int lmc_files_check(lmc_state *st, lmc_env *e, const lmc_options *opt, size_t *file_size)
 {
     char *data = join(e->path, "data.mdb"), *lock = join(e->path, "lock.mdb");
@@ -503,6 +655,8 @@ lock:
         lmc_raise(st, rc, "allocate the lock file", lock);
         goto done;
     }
+    if (lock_file_wait(st, lock, opt->timeout) < 0)
+        goto done;
     result = 0;
 done:
     if (fd >= 0)

@@ -755,6 +755,8 @@ lmc_env *lmc_env_acquire(lmc_state *st, const char *path, const lmc_options *opt
     lmc_env *e;
     const char *clash = NULL;
 
+    if (lmc_trust_check(st, path, opt) < 0)
+        return NULL;
     if (stat(path, &sb) != 0) {
         lmc_raise(st, errno, "open the cache directory", path);
         return NULL;

@@ -99,6 +99,7 @@ typedef struct {
     PyObject *CorruptError;
     PyObject *LockError;
     PyObject *FormatError;
+    PyObject *UnsafeCacheError;
     PyObject *pickle_dumps;
     PyObject *pickle_loads;
     PyObject *UnpicklingError;
@@ -235,6 +236,7 @@ typedef struct {
     double timeout;    /* seconds an open may wait for another process's guard.lock */
     int reset_incompatible; /* on_incompatible="reset": move another LMDB format aside */
     int readahead;     /* 0: MDB_NORDAHEAD (whole-file scans warm up first) */
+    int allow_shared;  /* 1: skip the owner/mode trust check (never the symlink check) */
 } lmc_options;
 
 /* Return a new reference to the Env for path (opening it if this process has
@@ -334,6 +336,13 @@ int lmc_ns_open_fn(MDB_txn *txn, lmc_env *e, void *arg);
  * when no lock was taken.  -1 with an exception. */
 int lmc_guard_enter(lmc_state *st, lmc_env *e, const lmc_options *opt, int *lock_fd);
 void lmc_guard_leave(int lock_fd);
+/* Before any file of the cache is opened (every lmc_env_acquire): refuse
+ * (UnsafeCacheError) a cache directory, data.mdb, lock.mdb, guard.lock or
+ * unsynced that is a symlink or not a regular file (the directory may be a
+ * symlink of ours to a directory that passes), writable by group or others,
+ * or owned by a uid other than the effective uid or root.  allow_shared skips
+ * the owner and mode checks.  -1 with an exception. */
+int lmc_trust_check(lmc_state *st, const char *path, const lmc_options *opt);
 /* Before mdb_env_open: refuse a data file that is a symlink, empty or
  * truncated (CorruptError); preallocate the lock file.  *file_size: the data
  * file's size (0 when it does not exist yet). */

@@ -26,12 +26,14 @@ static void lmc_atfork_child(void)
  * LMC_ERR_* and the errnos we treat specially -- to a type and, for our own
  * codes, the message.  Other errnos become the matching OSError subclass. */
 
-enum { EXC_ERROR, EXC_MAPFULL, EXC_READONLY, EXC_CORRUPT, EXC_LOCK, EXC_FORMAT, EXC_N };
+enum { EXC_ERROR, EXC_MAPFULL, EXC_READONLY, EXC_CORRUPT, EXC_LOCK, EXC_FORMAT, EXC_UNSAFE,
+       EXC_N };
 
 static const struct {
     const char *name;
     const char *doc;
-    int base; /* -1: Exception */
+    int base;   /* -1: Exception */
+    int oserror; /* also a subclass of PermissionError */
 } lmc_exc_specs[EXC_N] = {
     [EXC_ERROR] = {"Error", "Base class of lmdbcache errors.", -1},
     [EXC_MAPFULL] = {"MapFullError", "The cache reached its size_limit.", EXC_ERROR},
@@ -41,6 +43,12 @@ static const struct {
                                "another process's lock timed out.", EXC_ERROR},
     [EXC_FORMAT] = {"FormatError",
                     "The directory holds no cache of a format this version reads.", EXC_ERROR},
+    [EXC_UNSAFE] = {"UnsafeCacheError",
+                    "The cache directory or one of its files could be written by another user "
+                    "(writable by group or others, owned by another uid, or a symlink): "
+                    "refused, since whoever can write the cache can run code in this process "
+                    "through pickle.  Cache(path, allow_shared=True) opts in.",
+                    EXC_ERROR, 1},
 };
 
 static PyObject **exc_slot(lmc_state *st, int exc)
@@ -51,6 +59,7 @@ static PyObject **exc_slot(lmc_state *st, int exc)
     case EXC_CORRUPT: return &st->CorruptError;
     case EXC_LOCK: return &st->LockError;
     case EXC_FORMAT: return &st->FormatError;
+    case EXC_UNSAFE: return &st->UnsafeCacheError;
     default: return &st->Error;
     }
 }
@@ -213,11 +222,18 @@ static PyMethodDef module_methods[] = {
 /* ---- init ------------------------------------------------------------------ */
 
 static int add_exception(PyObject *mod, PyObject **slot, const char *name,
-                         const char *doc, PyObject *base)
+                         const char *doc, PyObject *base, int oserror)
 {
     char qualname[64];
+    PyObject *bases = NULL;
     PyOS_snprintf(qualname, sizeof(qualname), "lmdbcache.%s", name);
-    *slot = PyErr_NewExceptionWithDoc(qualname, doc, base, NULL);
+    if (oserror) {
+        bases = PyTuple_Pack(2, base != NULL ? base : PyExc_Exception, PyExc_PermissionError);
+        if (bases == NULL)
+            return -1;
+    }
+    *slot = PyErr_NewExceptionWithDoc(qualname, doc, bases != NULL ? bases : base, NULL);
+    Py_XDECREF(bases);
     if (*slot == NULL)
         return -1;
     return PyModule_AddObjectRef(mod, name, *slot);
@@ -240,7 +256,7 @@ static int module_exec(PyObject *mod)
     for (i = 0; i < EXC_N; i++) {
         PyObject *base = lmc_exc_specs[i].base < 0 ? NULL : *exc_slot(st, lmc_exc_specs[i].base);
         if (add_exception(mod, exc_slot(st, i), lmc_exc_specs[i].name, lmc_exc_specs[i].doc,
-                          base) < 0)
+                          base, lmc_exc_specs[i].oserror) < 0)
             goto error;
     }
 
@@ -300,6 +316,7 @@ static int module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->CorruptError);
     Py_VISIT(st->LockError);
     Py_VISIT(st->FormatError);
+    Py_VISIT(st->UnsafeCacheError);
     Py_VISIT(st->pickle_dumps);
     Py_VISIT(st->pickle_loads);
     Py_VISIT(st->UnpicklingError);
@@ -320,6 +337,7 @@ static int module_clear(PyObject *mod)
     Py_CLEAR(st->CorruptError);
     Py_CLEAR(st->LockError);
     Py_CLEAR(st->FormatError);
+    Py_CLEAR(st->UnsafeCacheError);
     Py_CLEAR(st->pickle_dumps);
     Py_CLEAR(st->pickle_loads);
     Py_CLEAR(st->UnpicklingError);

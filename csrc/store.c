@@ -123,10 +123,10 @@ static int store_init(StoreObject *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"path",     "map_size",        "size_limit",  "readonly",
                              "sync",     "max_readers",     "namespace",   "ttl",
                              "eviction_policy", "boot_id",  "timeout",     "on_incompatible",
-                             "readahead", NULL};
+                             "readahead", "allow_shared", NULL};
     PyObject *path = NULL;
     Py_ssize_t map_size = (Py_ssize_t)1 << 30, size_limit = 0;
-    int readonly = 0, sync = 0, policy = LMC_POLICY_LRS, readahead = 0;
+    int readonly = 0, sync = 0, policy = LMC_POLICY_LRS, readahead = 0, allow_shared = 0;
     unsigned int max_readers = 1024;
     const char *ns = "", *boot_id = NULL, *on_incompatible = "raise";
     double ttl = 0, timeout = 60;
@@ -135,10 +135,11 @@ static int store_init(StoreObject *self, PyObject *args, PyObject *kwds)
     MDB_dbi dbi;
     size_t n;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|$nnppIsdizdsp:Store", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|$nnppIsdizdspp:Store", kwlist,
                                      PyUnicode_FSConverter, &path, &map_size, &size_limit,
                                      &readonly, &sync, &max_readers, &ns, &ttl, &policy,
-                                     &boot_id, &timeout, &on_incompatible, &readahead))
+                                     &boot_id, &timeout, &on_incompatible, &readahead,
+                                     &allow_shared))
         return -1;
     if (map_size <= 0 || size_limit < 0 || max_readers == 0 || ttl < 0 ||
         policy < LMC_POLICY_NONE || policy > LMC_POLICY_LRU || !(timeout >= 0) ||
@@ -189,6 +190,7 @@ static int store_init(StoreObject *self, PyObject *args, PyObject *kwds)
     self->opt.timeout = timeout;
     self->opt.reset_incompatible = strcmp(on_incompatible, "reset") == 0;
     self->opt.readahead = readahead;
+    self->opt.allow_shared = allow_shared;
     old = store_reopen(self, &dbi);
     if (old == NULL)
         return -1;
@@ -723,7 +725,8 @@ static PyGetSetDef store_getset[] = {
 
 static PyType_Slot store_slots[] = {
     {Py_tp_doc, "Store(path, *, map_size, size_limit, readonly, sync, max_readers, namespace, "
-                "ttl, eviction_policy, boot_id, timeout, on_incompatible, readahead)\n\n"
+                "ttl, eviction_policy, boot_id, timeout, on_incompatible, readahead, "
+                "allow_shared)\n\n"
                 "The C mapping over an LMDB environment; use lmdbcache.Cache."},
     {Py_tp_new, store_new},
     {Py_tp_init, store_init},

@@ -24,6 +24,7 @@ from ._core import (
     LockError,
     MapFullError,
     ReadOnlyError,
+    UnsafeCacheError,
     lmdb_version,
 )
 from .cache import Cache
@@ -52,6 +53,7 @@ __all__ = [
     "CorruptError",
     "LockError",
     "FormatError",
+    "UnsafeCacheError",
     "FORMAT_VERSION",
     "lmdb_version",
 ]

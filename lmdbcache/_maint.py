@@ -11,7 +11,7 @@ import threading
 from typing import Any, Callable, NamedTuple, Optional
 
 from . import _core
-from .cache import _Internal  # noqa: F401  (namespaces named "__...")
+from .cache import _Internal, _makedirs_private  # noqa: F401  (_Internal: namespaces named "__...")
 
 def copy(self, dest, compact=False, progress=None) -> None:
     """Write a consistent snapshot of the whole cache (every namespace) into
@@ -38,7 +38,7 @@ def copy(self, dest, compact=False, progress=None) -> None:
                 f"copy destination {dest!r} already holds a cache (data.mdb)")
         created = False
     else:
-        os.makedirs(dest, mode=0o700)
+        _makedirs_private(dest)
         created = True
     target = os.path.join(dest, "data.mdb")
     total = self._survey()["used_bytes"]

@@ -109,6 +109,28 @@ def boot_id() -> str | None:
         return None
 
 
+def _makedirs_private(path: str) -> None:
+    """Create *path* and its missing parents, each mode 0700 whatever the umask
+    (os.makedirs applies its mode to the last directory only, and through the
+    umask).  Existing directories are left as they are."""
+    missing = []
+    head = path
+    while head and not os.path.isdir(head):
+        missing.append(head)
+        parent = os.path.dirname(head)
+        if parent == head:
+            break
+        head = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(d):
+                raise
+            continue  # made by a concurrent opener: its own mode stands
+        os.chmod(d, 0o700)
+
+
 class Cache(_core.Store, MutableMapping):
     """A persistent cache in the directory *path*, shared by processes and threads.
 
@@ -151,7 +173,9 @@ class Cache(_core.Store, MutableMapping):
         ``"full"``: every write is flushed to disk before it returns (fsync).
     timeout
         Seconds an open waits for another process that holds the cache's
-        ``guard.lock`` (default 60) before raising :class:`LockError`.
+        ``guard.lock`` or LMDB's exclusive lock on ``lock.mdb`` (default 60)
+        before raising :class:`LockError`.  A write waiting for another
+        process's write transaction (LMDB's writer mutex) is not bounded.
     on_incompatible
         What to do with a cache written by an LMDB release of another data format
         (LMDB 0.9 and 1.0 cannot read each other's files): ``"raise"`` (default)
@@ -165,6 +189,14 @@ class Cache(_core.Store, MutableMapping):
         past the first 64 entries, ``clear()``, ``expire()``) first reads the
         file sequentially, at most once a minute.  ``True``: the kernel's
         readahead (faster scans of a cold file, slower cold opens and reads).
+    allow_shared
+        ``False`` (default): the open raises :class:`UnsafeCacheError` when the
+        cache directory, ``data.mdb``, ``lock.mdb``, ``guard.lock`` or ``unsynced``
+        is writable by group or others or owned by another user (root excepted),
+        since whoever can write the cache can run code in this process through
+        pickle.  ``True``: use such a directory deliberately, trusting every user
+        who can write it (symlinked files are refused either way).  See the
+        Security page of the documentation.
     max_readers
         Size of LMDB's reader table (default 1024): how many processes and
         threads may read at once.  Slots of killed processes are reclaimed.
@@ -192,6 +224,7 @@ class Cache(_core.Store, MutableMapping):
         timeout: float = 60.0,
         on_incompatible: str = "raise",
         readahead: bool = False,
+        allow_shared: bool = False,
     ) -> None:
         path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         map_size = _positive_int("map_size", map_size)
@@ -221,8 +254,9 @@ class Cache(_core.Store, MutableMapping):
         readahead = bool(readahead)
         if os.path.exists(path) and not os.path.isdir(path):
             raise NotADirectoryError(f"cache path {path!r} exists and is not a directory")
+        allow_shared = bool(allow_shared)
         if not readonly:
-            os.makedirs(path, mode=0o700, exist_ok=True)
+            _makedirs_private(path)
         self._options = {
             "map_size": map_size,
             "size_limit": size_limit,
@@ -235,6 +269,7 @@ class Cache(_core.Store, MutableMapping):
             "timeout": timeout,
             "on_incompatible": on_incompatible,
             "readahead": readahead,
+            "allow_shared": allow_shared,
         }
         kwargs = dict(
             map_size=map_size,
@@ -249,6 +284,7 @@ class Cache(_core.Store, MutableMapping):
             timeout=timeout,
             on_incompatible=on_incompatible,
             readahead=readahead,
+            allow_shared=allow_shared,
         )
         # The C core runs the torn-file guard (under guard.lock) on every open
         # of the environment, including a lazy reopen after close().

@@ -115,14 +115,15 @@ def parse_key(text: str) -> Any:
 # -- opening --------------------------------------------------------------------------
 
 
-def open_cache(path: str, write: bool = False, namespace: Optional[str] = None) -> Cache:
+def open_cache(path: str, write: bool = False, namespace: Optional[str] = None,
+               allow_shared: bool = False) -> Cache:
     """Open an existing cache: never create one where a command reads."""
     full = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(full):
         raise Failure(f"{path}: no such cache directory")
     if not os.path.exists(os.path.join(full, "data.mdb")):
         raise Failure(f"{path}: not an lmdbcache cache (no data.mdb)")
-    cache = Cache(full, readonly=not write)
+    cache = Cache(full, readonly=not write, allow_shared=allow_shared)
     if namespace is None:
         return cache
     names = _namespace_names(cache._survey()["subdbs"])
@@ -144,7 +145,7 @@ def show_ns(name: Optional[str]) -> str:
 
 
 def cmd_stat(args: argparse.Namespace) -> int:
-    cache = open_cache(args.path)
+    cache = open_cache(args.path, allow_shared=args.allow_shared)
     try:
         survey = cache._survey()
         names = _namespace_names(survey["subdbs"])
@@ -223,7 +224,7 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    cache = open_cache(args.path, namespace=args.namespace)
+    cache = open_cache(args.path, allow_shared=args.allow_shared, namespace=args.namespace)
     try:
         out = sys.stdout
         for i, key in enumerate(cache.keys()):
@@ -236,7 +237,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    cache = open_cache(args.path, namespace=args.namespace)
+    cache = open_cache(args.path, allow_shared=args.allow_shared, namespace=args.namespace)
     key = parse_key(args.key)
     missing = object()
     try:
@@ -256,7 +257,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    cache = open_cache(args.path, write=True, namespace=args.namespace)
+    cache = open_cache(args.path, allow_shared=args.allow_shared, write=True,
+                       namespace=args.namespace)
     missing = []
     removed = 0
     try:
@@ -298,7 +300,8 @@ def _each_namespace(cache: Cache, fn: Callable[[Cache], Any], label: str, quiet:
 
 
 def cmd_clear(args: argparse.Namespace) -> int:
-    cache = open_cache(args.path, write=True, namespace=args.namespace)
+    cache = open_cache(args.path, allow_shared=args.allow_shared, write=True,
+                       namespace=args.namespace)
     quiet = quiet_of(args)
     try:
         if args.namespace is not None:
@@ -314,7 +317,7 @@ def cmd_clear(args: argparse.Namespace) -> int:
 
 
 def cmd_expire(args: argparse.Namespace) -> int:
-    cache = open_cache(args.path, write=True)
+    cache = open_cache(args.path, allow_shared=args.allow_shared, write=True)
     try:
         n = sum(_each_namespace(cache, lambda s: s.expire(), "expire", quiet_of(args)))
     finally:
@@ -324,7 +327,7 @@ def cmd_expire(args: argparse.Namespace) -> int:
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
-    cache = open_cache(args.path)
+    cache = open_cache(args.path, allow_shared=args.allow_shared)
     bar = ProgressBar("copy", not quiet_of(args))
     try:
         cache.copy(args.dest, compact=args.compact, progress=bar)
@@ -339,7 +342,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    cache = open_cache(args.path, write=True)
+    cache = open_cache(args.path, allow_shared=args.allow_shared, write=True)
     bar = ProgressBar("compact", not quiet_of(args))
     try:
         result = cache.compact(progress=bar)
@@ -354,7 +357,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    cache = open_cache(args.path)
+    cache = open_cache(args.path, allow_shared=args.allow_shared)
     bar = ProgressBar("verify", not quiet_of(args), unit="records")
     try:
         report = cache.verify(progress=bar)
@@ -396,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("path", metavar="PATH", help="the cache directory")
         sp.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bar and no summary line")
+        sp.add_argument("--allow-shared", action="store_true",
+                        help="open a directory other users can write (they can run code "
+                             "in this process: see the Security page)")
         sp.set_defaults(func=fn)
         return sp
 

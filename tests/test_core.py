@@ -778,7 +778,8 @@ def test_pickled_cache_works_on_same_path_with_same_options(tmp_path):
                                    "durability": "process", "max_readers": 1024,
                                    "eviction_policy": "least-recently-stored", "ttl": None,
                                    "namespace": None, "timeout": 60.0,
-                                   "on_incompatible": "raise", "readahead": False}
+                                   "on_incompatible": "raise", "readahead": False,
+                                   "allow_shared": False}
     finally:
         default.close()
 
