@@ -6,7 +6,8 @@
  *   space.c       the file's size (never shrinks), map growth, disk reservation
  *   durability.c  guard.lock, the torn-file guard and the `unsynced` marker
  *   namespace.c   the table of open namespaces (sub-databases) of an Env
- *   codec.c       key and value encodings (the on-disk format), record lookup
+ *   codec.c       key and value encodings (the on-disk format), pickle
+ *   record.c      record parsing, checksum, bounds check, the one lookup (no Py*)
  *   evict.c       size_limit: eviction index, LRS/LRU culling
  *   txnops.c      every lmc_write_fn callback: runs without the GIL, no Py* call
  *   store.c       the Store type: construction, slots, single-key methods
