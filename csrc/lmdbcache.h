@@ -565,6 +565,7 @@ PyObject *lmc_store_get_raw(StoreObject *self, PyObject *key);
 PyObject *lmc_store_put_raw(StoreObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *lmc_store_encode_raw(StoreObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *lmc_store_key_raw(StoreObject *self, PyObject *key);
+PyObject *lmc_store_delete_raw(StoreObject *self, PyObject *kb);
 /* iter.c */
 PyObject *lmc_store_iter(StoreObject *self);
 PyObject *lmc_store_iter_mode(StoreObject *self, PyObject *arg);

@@ -141,8 +141,12 @@ PyObject *lmc_store_put_raw(StoreObject *self, PyObject *const *args, Py_ssize_t
         if (expires == -1.0 && PyErr_Occurred())
             return NULL;
     }
-    if (nargs == 4 && (store = PyObject_IsTrue(args[3])) < 0)
-        return NULL;
+    if (nargs == 4) {
+        if (PyLong_Check(args[3]) && PyLong_AsLong(args[3]) == 2)
+            store = 2;
+        else if ((store = PyObject_IsTrue(args[3])) < 0)
+            return NULL;
+    }
     if ((e = lmc_store_enter(self, &dbi)) == NULL)
         return NULL;
     if (lmc_key_encode(st, args[0], &k) < 0)
@@ -181,6 +185,12 @@ PyObject *lmc_store_put_raw(StoreObject *self, PyObject *const *args, Py_ssize_t
             goto release;
         }
         self->sets++;
+    }
+    if (store == 2) { /* a write: the caller has the value */
+        PyBuffer_Release(&buf);
+        lmc_key_clear(&k);
+        lmc_store_leave(e);
+        Py_RETURN_NONE;
     }
     obj = lmc_record_take(&rec, &pickled);
     PyBuffer_Release(&buf);
@@ -251,4 +261,53 @@ PyObject *lmc_store_key_raw(StoreObject *self, PyObject *key)
     }
     lmc_store_leave(e);
     return result;
+}
+
+static int raw_del_fn(MDB_txn *txn, lmc_env *e, void *arg)
+{
+    lmc_del_arg *a = arg;
+    int rc;
+    (void)e;
+    rc = mdb_del(txn, a->dbi, &a->keys[0].val, NULL);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc == 0)
+        a->deleted = 1;
+    return rc;
+}
+
+/* Store._delete_raw(key_encoding) -> bool: drop the local record stored under
+ * a key encoding (an invalidation from another machine names keys so). */
+PyObject *lmc_store_delete_raw(StoreObject *self, PyObject *kb)
+{
+    lmc_env *e;
+    MDB_dbi dbi;
+    lmc_kref k;
+    lmc_del_arg a;
+    int rc;
+
+    if (!PyBytes_Check(kb) || PyBytes_GET_SIZE(kb) == 0 || PyBytes_GET_SIZE(kb) > LMC_MAX_KEY) {
+        PyErr_SetString(PyExc_ValueError, "_delete_raw needs a key encoding (bytes)");
+        return NULL;
+    }
+    if (lmc_store_check_writable(self) < 0)
+        return NULL;
+    if ((e = lmc_store_enter(self, &dbi)) == NULL)
+        return NULL;
+    memset(&k, 0, sizeof(k));
+    k.val.mv_data = PyBytes_AS_STRING(kb);
+    k.val.mv_size = (size_t)PyBytes_GET_SIZE(kb);
+    memset(&a, 0, sizeof(a));
+    a.dbi = dbi;
+    a.dbname = self->dbname;
+    a.n = 1;
+    a.keys = &k;
+    rc = lmc_env_write(e, raw_del_fn, &a, LMC_WRITE_FREES, 0, NULL);
+    if (rc != 0) {
+        lmc_raise_env(self->state, rc, "delete", e);
+        lmc_store_leave(e);
+        return NULL;
+    }
+    lmc_store_leave(e);
+    return PyBool_FromLong(a.deleted > 0);
 }

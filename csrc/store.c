@@ -733,12 +733,14 @@ static PyMethodDef store_methods[] = {
      "(record, expires) of the live entry in canonical form (expires 0: none), or None."},
     {"_put_raw", FAST(lmc_store_put_raw),
      "_put_raw($self, key, record, expires=-1.0, store=True, /)\n--\n\n"
-     "Check a canonical record against key, store it, return its value."},
+     "Check a canonical record against key, store it, return its value (store=2: None)."},
     {"_encode_raw", FAST(lmc_store_encode_raw),
      "_encode_raw($self, key, value, ttl=None, /)\n--\n\n"
      "(key encoding, canonical record, expires) of value under key."},
     {"_key_raw", (PyCFunction)lmc_store_key_raw, METH_O,
      "_key_raw($self, key, /)\n--\n\nThe key's encoding."},
+    {"_delete_raw", (PyCFunction)lmc_store_delete_raw, METH_O,
+     "_delete_raw($self, key_encoding, /)\n--\n\nDrop the record under a key encoding."},
     {"_set_miss_hook", (PyCFunction)store_set_miss_hook, METH_O,
      "_set_miss_hook($self, hook, /)\n--\n\n"
      "hook(key) -> (value,) | None, asked after a local miss by [], get and in."},

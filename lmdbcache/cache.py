@@ -171,10 +171,18 @@ class Cache(_core.Store, MutableMapping):
     ``multiprocessing`` workers of every start method.
     """
 
+    def __new__(cls, *args: Any, remote: Any = None, **kwargs: Any) -> "Cache":
+        if remote is not None and not getattr(cls, "_is_remote", False):
+            from .remote import RemoteCache
+
+            cls = RemoteCache
+        return super().__new__(cls)
+
     def __init__(
         self,
         path: str | os.PathLike = "~/.cache/lmdbcache",
         *,
+        remote: Any = None,
         map_size: int = DEFAULT_MAP_SIZE,
         size_limit: int | None = None,
         eviction_policy: str = "least-recently-stored",
@@ -187,6 +195,8 @@ class Cache(_core.Store, MutableMapping):
         on_incompatible: str = "raise",
         readahead: bool = False,
     ) -> None:
+        if remote is not None and not getattr(self, "_is_remote", False):
+            raise TypeError("remote= needs Cache itself (or lmdbcache.remote.RemoteCache)")
         path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         map_size = _positive_int("map_size", map_size)
         if size_limit is not None:
@@ -244,6 +254,7 @@ class Cache(_core.Store, MutableMapping):
             on_incompatible=on_incompatible,
             readahead=readahead,
         )
+        self._store_kwargs = kwargs
         # The C core runs the torn-file guard (under guard.lock) on every open
         # of the environment, including a lazy reopen after close().
         super().__init__(path, **kwargs)
