@@ -182,7 +182,7 @@ class _Remote:
                     self.down = True
                     self.backoff = 0.05
                 else:
-                    self.backoff = min(self.backoff * 2, 2.0)
+                    self.backoff = min(self.backoff * 2, 1.0)
                 self.next_try = time.monotonic() + self.backoff
         if cache._remote_errors == "raise":
             raise RemoteError(f"remote cache {self.url} unreachable: {exc or 'backing off'}") from exc
@@ -202,7 +202,11 @@ class _Remote:
             if not self.down:
                 return
             for cache in list(self.caches.values()):
-                cache._bump_generation()
+                try:
+                    cache._bump_generation()
+                except Exception as exc:  # noqa: BLE001 - one broken cache must not stop the rest
+                    warnings.warn(f"lmdbcache: could not invalidate the local tier of "
+                                  f"{cache.path!r}: {exc}", RuntimeWarning, stacklevel=2)
             self.down = False
             self.warned = False
             self.backoff = 0.05
