@@ -164,6 +164,14 @@ class Cache(_core.Store, MutableMapping):
         threads may read at once.  Slots of killed processes are reclaimed.
     namespace
         Name of an independent keyspace in the same file (see :meth:`namespace`).
+    remote
+        A ``redis://`` / ``rediss://`` / ``unix://`` URL or a ``redis.Redis``
+        client: a shared Redis behind this node-local cache (needs
+        ``lmdbcache[redis]``).  Local hits stay local; misses and writes go
+        through Redis, and writes invalidate the other machines' copies.  With
+        it: ``remote_prefix`` (default ``"lmdbcache:"``), ``remote_errors``
+        (``"local"`` or ``"raise"``) and ``remote_timeout`` (seconds, default
+        0.25).  See the guide "Many machines".
 
     A ``Cache`` can be closed and is a context manager; using it after ``close()``
     reopens it.  It may be created before ``fork()`` and used in parent and child
