@@ -566,6 +566,7 @@ PyObject *lmc_store_put_raw(StoreObject *self, PyObject *const *args, Py_ssize_t
 PyObject *lmc_store_encode_raw(StoreObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *lmc_store_key_raw(StoreObject *self, PyObject *key);
 PyObject *lmc_store_delete_raw(StoreObject *self, PyObject *kb);
+PyObject *lmc_store_set_namespace(StoreObject *self, PyObject *name);
 /* iter.c */
 PyObject *lmc_store_iter(StoreObject *self);
 PyObject *lmc_store_iter_mode(StoreObject *self, PyObject *arg);

@@ -311,3 +311,52 @@ PyObject *lmc_store_delete_raw(StoreObject *self, PyObject *kb)
     lmc_store_leave(e);
     return PyBool_FromLong(a.deleted > 0);
 }
+
+/* Store._set_namespace(name): point this Store at another namespace of the
+ * same file (the remote tier's O(1) generation bump).  Safe while another
+ * thread is inside a call on this Store: that call keeps using the old dbi
+ * and names, which are never freed here -- the few bytes of the old names
+ * are left allocated (a bump happens once per Redis outage). */
+PyObject *lmc_store_set_namespace(StoreObject *self, PyObject *name)
+{
+    lmc_env *e;
+    MDB_dbi dbi;
+    const char *ns;
+    Py_ssize_t len;
+    char *ns_copy, *dbname;
+    size_t n;
+
+    if (!PyUnicode_Check(name)) {
+        PyErr_SetString(PyExc_TypeError, "namespace name must be a str");
+        return NULL;
+    }
+    ns = PyUnicode_AsUTF8AndSize(name, &len);
+    if (ns == NULL)
+        return NULL;
+    if ((size_t)len != strlen(ns) || len > LMC_MAX_NS) {
+        PyErr_Format(PyExc_ValueError, "namespace name must be at most %d UTF-8 bytes without NUL",
+                     LMC_MAX_NS);
+        return NULL;
+    }
+    if ((e = lmc_store_enter(self, &dbi)) == NULL)
+        return NULL;
+    n = (size_t)len + sizeof(LMC_NS_PREFIX);
+    ns_copy = PyMem_RawMalloc((size_t)len + 1);
+    dbname = PyMem_RawMalloc(n);
+    if (ns_copy == NULL || dbname == NULL) {
+        PyMem_RawFree(ns_copy);
+        PyMem_RawFree(dbname);
+        lmc_store_leave(e);
+        return PyErr_NoMemory();
+    }
+    memcpy(ns_copy, ns, (size_t)len + 1);
+    if (len > 0)
+        PyOS_snprintf(dbname, n, "%s%s", LMC_NS_PREFIX, ns);
+    else
+        dbname[0] = '\0';
+    self->ns = ns_copy;         /* the old strings stay valid for calls in flight */
+    self->dbname = dbname;
+    self->ns_epoch = e->ns_epoch - 1; /* a past epoch: the next call looks the name up */
+    lmc_store_leave(e);
+    Py_RETURN_NONE;
+}

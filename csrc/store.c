@@ -741,6 +741,8 @@ static PyMethodDef store_methods[] = {
      "_key_raw($self, key, /)\n--\n\nThe key's encoding."},
     {"_delete_raw", (PyCFunction)lmc_store_delete_raw, METH_O,
      "_delete_raw($self, key_encoding, /)\n--\n\nDrop the record under a key encoding."},
+    {"_set_namespace", (PyCFunction)lmc_store_set_namespace, METH_O,
+     "_set_namespace($self, name, /)\n--\n\nUse another namespace of the same file."},
     {"_set_miss_hook", (PyCFunction)store_set_miss_hook, METH_O,
      "_set_miss_hook($self, hook, /)\n--\n\n"
      "hook(key) -> (value,) | None, asked after a local miss by [], get and in."},

@@ -157,6 +157,35 @@ class _Remote:
         self.stop = threading.Event()
         self.incr_script = self.client.register_script(_INCR_LUA)
         self.lock_fds: dict[str, int] = {}
+        # redis-py >= 5.3 deprecates get_connection's command name
+        version = tuple(int(x) for x in redis.__version__.split(".")[:2] if x.isdigit())
+        self.plain_get = version >= (5, 3)
+        kw = self.client.get_connection_kwargs() if hasattr(self.client, "get_connection_kwargs") \
+            else self.client.connection_pool.connection_kwargs
+        if kw.get("decode_responses"):
+            raise ValueError("remote: the redis client must not decode responses "
+                             "(decode_responses=False): records are bytes")
+
+    def run(self, *cmds: tuple) -> list:
+        """Commands in one round trip on one pooled connection: redis-py's
+        Pipeline costs about as much as a second round trip on loopback.
+        Error replies come back as ResponseError objects in the list."""
+        pool = self.client.connection_pool
+        conn = pool.get_connection() if self.plain_get else pool.get_connection("GET")
+        try:
+            conn.send_packed_command(conn.pack_commands(cmds))
+            out = []
+            for _ in cmds:
+                try:
+                    out.append(conn.read_response())
+                except self.redis.ResponseError as exc:
+                    out.append(exc)
+            return out
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     # health ----------------------------------------------------------------------
     def errors(self) -> tuple:
@@ -290,9 +319,11 @@ class _Remote:
         """May a value be kept in the local tier now (the listener is subscribed)?"""
         return self.ready.is_set() or self.ready.wait(self.timeout)
 
+    def message(self, cache: "RemoteCache", kb: bytes) -> bytes:
+        return cache._origin + b"\0" + cache._ns_bytes + b"\0" + kb
+
     def publish(self, cache: "RemoteCache", kb: bytes, pipe: Any = None) -> None:
-        msg = cache._origin + b"\0" + cache._ns_bytes + b"\0" + kb
-        (pipe or self.client).publish(self.channel, msg)
+        (pipe or self.client).publish(self.channel, self.message(cache, kb))
 
 
 _remotes: dict[tuple, _Remote] = {}
@@ -443,8 +474,8 @@ class RemoteCache(Cache):
         if gen == self._gen:
             return
         self._gen = gen
-        kwargs = dict(self._store_kwargs, namespace=self._local_ns(gen))
-        _core.Store.__init__(self, self.path, **kwargs)
+        # not Store.__init__: another thread may be inside a call on this Store
+        self._set_namespace(self._local_ns(gen))
 
     def _check_generation(self) -> None:
         if self._readonly:
@@ -478,14 +509,8 @@ class RemoteCache(Cache):
         rk = self._rprefix + kb
         seen = r.invalidations
 
-        def fetch(c: Any) -> Any:
-            with c.pipeline(transaction=False) as p:
-                p.get(rk)
-                p.pttl(rk)
-                return p.execute()
-
         try:
-            rec, pttl = r.call(self, fetch)
+            rec, pttl = r.call(self, lambda c: r.run((b"GET", rk), (b"PTTL", rk)))
         except _Unavailable:
             return None
         if rec is None:
@@ -533,15 +558,11 @@ class RemoteCache(Cache):
         r = self._r()
         rks = [self._rprefix + self._key_raw(k) for k in missing]
 
-        def fetch(c: Any) -> Any:
-            with c.pipeline(transaction=False) as p:
-                for rk in rks:
-                    p.get(rk)
-                    p.pttl(rk)
-                return p.execute()
-
+        cmds = []
+        for rk in rks:
+            cmds += [(b"GET", rk), (b"PTTL", rk)]
         try:
-            out = r.call(self, fetch)
+            out = r.call(self, lambda c: r.run(*cmds))
         except _Unavailable:
             return found
         keep = r.keeps_local()
@@ -588,14 +609,9 @@ class RemoteCache(Cache):
         kb, record, wire, px = self._record(key, value, ttl)
         rk = self._rprefix + kb
         r = self._r()
-
-        def write(c: Any) -> Any:
-            with c.pipeline(transaction=False) as p:
-                p.set(rk, wire, px=px)
-                r.publish(self, kb, p)
-                return p.execute()
-
-        ok = self._remote_write(write) is not _MISS
+        cmd = (b"SET", rk, wire) if px is None else (b"SET", rk, wire, b"PX", px)
+        pub = (b"PUBLISH", r.channel, r.message(self, kb))
+        ok = self._remote_write(lambda c: r.run(cmd, pub)) is not _MISS
         self._local_put(key, record, ok)
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -618,16 +634,10 @@ class RemoteCache(Cache):
         kb = self._key_raw(key)
         rk = self._rprefix + kb
         r = self._r()
-
-        def write(c: Any) -> Any:
-            with c.pipeline(transaction=False) as p:
-                p.delete(rk)
-                r.publish(self, kb, p)
-                return p.execute()[0]
-
-        n = self._remote_write(write)
+        got = self._remote_write(
+            lambda c: r.run((b"DEL", rk), (b"PUBLISH", r.channel, r.message(self, kb))))
         local = _core.Store.delete(self, key)
-        return bool(n) if n is not _MISS else local
+        return bool(got[0]) if got is not _MISS else local
 
     def __delitem__(self, key: Any) -> None:
         if not self.delete(key):
