@@ -21,6 +21,10 @@ deps:
 	fi
 	@command -v pkg-config >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
 	  { SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; $$SUDO apt-get install -y -qq pkg-config >/dev/null; }
+	@# tests/test_remote.py starts a real redis-server (Debian's redis-server package)
+	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || ! command -v apt-get >/dev/null 2>&1 || \
+	  { SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; echo "installing redis-server with apt-get"; \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -513,6 +513,8 @@ typedef struct {
     double ttl;       /* default time-to-live in seconds, 0 = none */
     lmc_options opt;
     unsigned long long hits, misses, sets, deletes, evictions, expirations;
+    PyObject *miss_hook; /* remote tier: called as hook(key) on a local miss by
+                            [], get and in; returns (value,) or None */
 } StoreObject;
 
 /* THE RULE: every Store entry point calls lmc_store_enter first and
@@ -572,6 +574,13 @@ PyObject *lmc_store_sync(StoreObject *self, PyObject *unused);
 PyObject *lmc_store_stats(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames);
 PyObject *lmc_store_env_info(StoreObject *self, PyObject *unused);
+/* raw.c: encoded records in and out (the remote tier) */
+PyObject *lmc_store_get_raw(StoreObject *self, PyObject *key);
+PyObject *lmc_store_put_raw(StoreObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lmc_store_encode_raw(StoreObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *lmc_store_key_raw(StoreObject *self, PyObject *key);
+PyObject *lmc_store_delete_raw(StoreObject *self, PyObject *kb);
+PyObject *lmc_store_set_namespace(StoreObject *self, PyObject *name);
 /* iter.c */
 PyObject *lmc_store_iter(StoreObject *self);
 PyObject *lmc_store_iter_mode(StoreObject *self, PyObject *arg);

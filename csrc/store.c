@@ -226,6 +226,7 @@ static PyObject *store_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static int store_traverse(StoreObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->miss_hook);
     return 0;
 }
 
@@ -234,6 +235,7 @@ static void store_dealloc(StoreObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     lmc_env *e = self->env;
     PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->miss_hook);
     self->env = NULL;
     if (e != NULL)
         lmc_env_release(e);
@@ -317,9 +319,40 @@ leave:
     return obj;
 }
 
+/* After a local miss with a miss hook (the remote tier): 1 and *value (new
+ * ref) for a remote hit, 0 for a miss, -1 with an exception. */
+static int store_ask_hook(StoreObject *self, PyObject *key, PyObject **value)
+{
+    PyObject *hook = Py_NewRef(self->miss_hook), *r;
+    r = PyObject_CallOneArg(hook, key);
+    Py_DECREF(hook);
+    if (r == NULL)
+        return -1;
+    if (PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 1) {
+        *value = Py_NewRef(PyTuple_GET_ITEM(r, 0));
+        Py_DECREF(r);
+        return 1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *store_set_miss_hook(StoreObject *self, PyObject *hook)
+{
+    if (hook != Py_None && !PyCallable_Check(hook)) {
+        PyErr_SetString(PyExc_TypeError, "the miss hook must be callable or None");
+        return NULL;
+    }
+    Py_XSETREF(self->miss_hook, hook == Py_None ? NULL : Py_NewRef(hook));
+    Py_RETURN_NONE;
+}
+
 static PyObject *store_subscript(StoreObject *self, PyObject *key)
 {
     PyObject *value = store_lookup(self, key);
+    if (LMC_UNLIKELY(value == NULL && self->miss_hook != NULL) && !PyErr_Occurred() &&
+        store_ask_hook(self, key, &value) < 0)
+        return NULL;
     if (value == NULL && !PyErr_Occurred())
         raise_key_error(key);
     return value;
@@ -339,6 +372,9 @@ static PyObject *store_get(StoreObject *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     value = store_lookup(self, a[0]);
+    if (LMC_UNLIKELY(value == NULL && self->miss_hook != NULL) && !PyErr_Occurred() &&
+        store_ask_hook(self, a[0], &value) < 0)
+        return NULL;
     if (value == NULL && !PyErr_Occurred())
         return Py_NewRef(a[1] != NULL ? a[1] : Py_None);
     return value;
@@ -373,6 +409,11 @@ static int store_contains(StoreObject *self, PyObject *key)
         result = status == LMC_LIVE;
 leave:
     lmc_store_leave(e);
+    if (LMC_UNLIKELY(result == 0 && self->miss_hook != NULL)) {
+        PyObject *value = NULL;
+        result = store_ask_hook(self, key, &value);
+        Py_XDECREF(value);
+    }
     return result;
 }
 
@@ -691,6 +732,24 @@ static PyMethodDef store_methods[] = {
      "Map size, bytes used, page size and reader counts of the environment."},
     {"_copy", FAST(lmc_store_copy),
      "_copy($self, dest, compact, /)\n--\n\nCopy the environment into directory dest."},
+    {"_get_raw", (PyCFunction)lmc_store_get_raw, METH_O,
+     "_get_raw($self, key, /)\n--\n\n"
+     "(record, expires) of the live entry in canonical form (expires 0: none), or None."},
+    {"_put_raw", FAST(lmc_store_put_raw),
+     "_put_raw($self, key, record, expires=-1.0, store=True, /)\n--\n\n"
+     "Check a canonical record against key, store it, return its value (store=2: None)."},
+    {"_encode_raw", FAST(lmc_store_encode_raw),
+     "_encode_raw($self, key, value, ttl=None, /)\n--\n\n"
+     "(key encoding, canonical record, expires) of value under key."},
+    {"_key_raw", (PyCFunction)lmc_store_key_raw, METH_O,
+     "_key_raw($self, key, /)\n--\n\nThe key's encoding."},
+    {"_delete_raw", (PyCFunction)lmc_store_delete_raw, METH_O,
+     "_delete_raw($self, key_encoding, /)\n--\n\nDrop the record under a key encoding."},
+    {"_set_namespace", (PyCFunction)lmc_store_set_namespace, METH_O,
+     "_set_namespace($self, name, /)\n--\n\nUse another namespace of the same file."},
+    {"_set_miss_hook", (PyCFunction)store_set_miss_hook, METH_O,
+     "_set_miss_hook($self, hook, /)\n--\n\n"
+     "hook(key) -> (value,) | None, asked after a local miss by [], get and in."},
     {"_maint", FAST(lmc_store_maint),
      "_maint($self, op, /, *args)\n--\n\nMaintenance: 'survey', or 'scan' after limit."},
     {NULL, NULL, 0, NULL},

@@ -202,6 +202,14 @@ class Cache(_core.Store, MutableMapping):
         threads may read at once.  Slots of killed processes are reclaimed.
     namespace
         Name of an independent keyspace in the same file (see :meth:`namespace`).
+    remote
+        A ``redis://`` / ``rediss://`` / ``unix://`` URL or a ``redis.Redis``
+        client: a shared Redis behind this node-local cache (needs
+        ``lmdbcache[redis]``).  Local hits stay local; misses and writes go
+        through Redis, and writes invalidate the other machines' copies.  With
+        it: ``remote_prefix`` (default ``"lmdbcache:"``), ``remote_errors``
+        (``"local"`` or ``"raise"``) and ``remote_timeout`` (seconds, default
+        0.25).  See the guide "Many machines".
 
     A ``Cache`` can be closed and is a context manager; using it after ``close()``
     reopens it.  It may be created before ``fork()`` and used in parent and child
@@ -209,10 +217,18 @@ class Cache(_core.Store, MutableMapping):
     ``multiprocessing`` workers of every start method.
     """
 
+    def __new__(cls, *args: Any, remote: Any = None, **kwargs: Any) -> "Cache":
+        if remote is not None and not getattr(cls, "_is_remote", False):
+            from .remote import RemoteCache
+
+            cls = RemoteCache
+        return super().__new__(cls)
+
     def __init__(
         self,
         path: str | os.PathLike = "~/.cache/lmdbcache",
         *,
+        remote: Any = None,
         map_size: int = DEFAULT_MAP_SIZE,
         size_limit: int | None = None,
         eviction_policy: str = "least-recently-stored",
@@ -226,6 +242,8 @@ class Cache(_core.Store, MutableMapping):
         readahead: bool = False,
         allow_shared: bool = False,
     ) -> None:
+        if remote is not None and not getattr(self, "_is_remote", False):
+            raise TypeError("remote= needs Cache itself (or lmdbcache.remote.RemoteCache)")
         path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         map_size = _positive_int("map_size", map_size)
         if size_limit is not None:
@@ -286,6 +304,7 @@ class Cache(_core.Store, MutableMapping):
             readahead=readahead,
             allow_shared=allow_shared,
         )
+        self._store_kwargs = kwargs
         # The C core runs the torn-file guard (under guard.lock) on every open
         # of the environment, including a lazy reopen after close().
         super().__init__(path, **kwargs)

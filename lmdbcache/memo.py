@@ -35,6 +35,7 @@ import functools
 import hashlib
 import inspect
 import os
+import socket
 import pickle
 import sys
 import threading
@@ -238,6 +239,18 @@ def _alive(pid: Any) -> bool:
         return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] not in (b"Z", b"X")
     except (OSError, ValueError):
         return True
+
+
+def _machine() -> str:
+    from .cache import boot_id
+
+    return boot_id() or socket.gethostname()
+
+
+def _local(holder: Any) -> bool:
+    """Was the lease taken on this machine (a lease of another machine is
+    reclaimed by its ttl, lease_timeout)?"""
+    return not isinstance(holder, tuple) or len(holder) < 3 or holder[2] == _machine()
 
 
 class _Memoized:
@@ -561,7 +574,9 @@ class _Memoized:
     def _compute_with_lease(self, key: tuple, args: tuple, kwargs: dict) -> Any:
         store = self._store
         lease_key = ("l",) + key[1:]
-        me = (os.getpid(), threading.get_ident())
+        # the machine too: with remote= the lease is shared by many machines,
+        # and a pid says whether its process lives on its own machine only
+        me = (os.getpid(), threading.get_ident(), _machine())
         delay = 0.002
         while True:
             if store.add(lease_key, me, ttl=self._lease_timeout):
@@ -576,7 +591,7 @@ class _Memoized:
             if value is not _MISS:
                 return value
             holder = store.get(lease_key)
-            if holder is not None and not _alive(holder[0]):
+            if holder is not None and _local(holder) and not _alive(holder[0]):
                 self._release(lease_key, holder)  # its process is gone: take over
                 continue
             time.sleep(delay)
