@@ -21,10 +21,13 @@ deps:
 	fi
 	@command -v pkg-config >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
 	  { SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; $$SUDO apt-get install -y -qq pkg-config >/dev/null; }
-	@# tests/test_remote.py starts a real redis-server (Debian's redis-server package)
-	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || ! command -v apt-get >/dev/null 2>&1 || \
-	  { SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; echo "installing redis-server with apt-get"; \
-	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@# the tests need a real redis-server (test_remote), strace (SIGKILL injection in
+	@# test_guard) and tmux (the CLI's progress bar read off a terminal in test_cli)
+	@missing=; for p in redis-server:redis-server strace:strace tmux:tmux; do \
+	  command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p#*:}"; done; \
+	  if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; echo "installing$$missing with apt-get"; \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
