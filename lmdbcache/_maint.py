@@ -14,17 +14,7 @@ from . import _core
 from .cache import _Internal, _makedirs_private  # noqa: F401  (_Internal: namespaces named "__...")
 
 def copy(self, dest, compact=False, progress=None) -> None:
-    """Write a consistent snapshot of the whole cache (every namespace) into
-    the directory *dest*, created when missing; it must not hold a cache yet.
-
-    Other threads and processes keep reading and writing meanwhile: the copy
-    is the state of one moment (LMDB's ``mdb_env_copy2``).  With *compact*,
-    free pages are left out and the copy is as small as the data allows.
-    The copy is flushed to disk before this returns.
-
-    *progress*, when given, is called from another thread as
-    ``progress(bytes_written, bytes_expected)`` while the copy runs.
-    """
+    """The work of :meth:`Cache.copy` (see its docstring), for *self*, a Cache."""
     dest = os.path.abspath(os.path.expanduser(os.fspath(dest)))
     if self._in_txn():
         raise _core.Error("cannot copy the cache inside this thread's transaction()")
@@ -55,21 +45,7 @@ def copy(self, dest, compact=False, progress=None) -> None:
         raise
 
 def compact(self, progress=None) -> "CompactResult":
-    """Rewrite the data file without its free pages and swap it in: the
-    file on disk shrinks to what the data needs (an LMDB file never shrinks
-    by itself).
-
-    Compaction must not lose a write, so it refuses (:class:`LockError`)
-    while any other process has the cache open, and (:class:`Error`) while
-    other ``Cache`` objects of this process share it (namespaces, memoize)
-    or inside a transaction.  The swap happens with this process's
-    environment closed: this object reopens it on its next use.  Writers
-    opening the cache meanwhile wait for the swap; one that appears before
-    the swap makes compaction give up with nothing changed.  Do not use the
-    cache from other threads while it runs.
-
-    Returns the sizes before and after (:class:`CompactResult`).
-    """
+    """The work of :meth:`Cache.compact` (see its docstring), for *self*, a Cache."""
     if self.readonly:
         raise _core.ReadOnlyError(
             f"cannot compact '{self.path}': the cache was opened with readonly=True")
@@ -107,12 +83,7 @@ def compact(self, progress=None) -> "CompactResult":
                          survey["used_bytes"])
 
 def verify(self, progress=None) -> "VerifyReport":
-    """Walk every record of every namespace of the file, decode its key and
-    value, and report the damaged ones (:class:`VerifyReport`).  Values are
-    unpickled, so this runs the same code a read would.
-
-    *progress*, when given, is called as ``progress(records_done, records)``.
-    """
+    """The work of :meth:`Cache.verify` (see its docstring), for *self*, a Cache."""
     names = _namespace_names(self._survey()["subdbs"])
     stores = {}
     try:
