@@ -88,7 +88,13 @@ def url(server):
 
 
 def machine(tmp_path, name, url, **kw):
-    return lmdbcache.Cache(str(tmp_path / name), remote=url, **kw)
+    c = lmdbcache.Cache(str(tmp_path / name), remote=url, **kw)
+    # The listener subscribes in the background, and a remote hit is kept in
+    # the local tier only once it has (waiting at most remote_timeout): on a
+    # loaded machine, let it subscribe first, so that tests relying on local
+    # copies do not depend on scheduling.
+    wait_for(lambda: c._r().ready.is_set(), 10)
+    return c
 
 
 def wait_for(pred, timeout=5.0):
