@@ -45,12 +45,6 @@ static char *join(const char *dir, const char *name)
     return p;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* Take an exclusive flock on fd, waiting up to timeout seconds with the GIL
  * released.  0, LMC_ERR_TIMEOUT or an errno. */
 static int lock_wait(int fd, double timeout)
@@ -72,7 +66,7 @@ static int lock_wait(int fd, double timeout)
             rc = LMC_ERR_TIMEOUT;
             break;
         }
-        sleep_ms(5);
+        lmc_sleep_ms(5);
     }
     Py_END_ALLOW_THREADS
     return rc;
@@ -576,7 +570,7 @@ static int lock_file_wait(lmc_state *st, const char *lock, double timeout)
             pid = (long)fl.l_pid;
             break;
         }
-        sleep_ms(5);
+        lmc_sleep_ms(5);
     }
     Py_END_ALLOW_THREADS
     close(fd);

@@ -86,12 +86,6 @@ static void registry_unlink(lmc_env *e)
     }
 }
 
-static void pause_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static void env_free(lmc_env *e)
 {
     PyMem_RawFree(e->marker_path);
@@ -343,7 +337,7 @@ int lmc_env_write(lmc_env *e, lmc_write_fn fn, void *arg, int kind, size_t hint,
                     rc = env_tick(e, &_save);
                 }
                 else if (lmc_env_evicts(e) && waits < 6) {
-                    pause_ms(1 << (2 * waits++)); /* 1, 4, 16, 64, 256, 1024 ms */
+                    lmc_sleep_ms(1 << (2 * waits++)); /* 1, 4, 16, 64, 256, 1024 ms */
                     rc = env_tick(e, &_save);
                 }
             }
@@ -775,7 +769,7 @@ again:
     if (e->state != LMC_ENV_OPEN) {
         /* another thread is opening or closing it: wait, never open twice */
         Py_BEGIN_ALLOW_THREADS
-        pause_ms(1);
+        lmc_sleep_ms(1);
         Py_END_ALLOW_THREADS
         goto again;
     }

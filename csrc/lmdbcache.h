@@ -84,6 +84,13 @@
 
 #include <time.h>
 
+/* Sleep ms milliseconds (call without the GIL). */
+static inline void lmc_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
 static inline double lmc_now(void)
 {
     struct timespec ts;
