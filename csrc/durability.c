@@ -575,10 +575,13 @@ static int lock_file_wait(lmc_state *st, const char *lock, double timeout)
     Py_END_ALLOW_THREADS
     close(fd);
     if (rc != 0) {
+        /* PyErr_Format has no %g (3.12 raises SystemError, 3.11 prints it raw). */
+        char secs[32];
+        snprintf(secs, sizeof(secs), "%g", timeout);
         PyErr_Format(st->LockError,
                      "cannot open the environment in '%s': process %ld has held the exclusive "
-                     "lock on lock.mdb for more than %g s (see the timeout option)",
-                     lock, pid, timeout);
+                     "lock on lock.mdb for more than %s s (see the timeout option)",
+                     lock, pid, secs);
         return -1;
     }
     return 0;

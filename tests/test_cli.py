@@ -13,12 +13,15 @@ import pytest
 
 import lmdbcache
 
+# Python 3.10 has no -P; its test run starts in tests/, where no source package can shadow.
+SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
+
 TIMEOUT = 120
 
 
 def run(*args, input=None):
     """Run the command as a user would (python -m lmdbcache), stdout a pipe."""
-    proc = subprocess.run([sys.executable, "-P", "-m", "lmdbcache", *args], capture_output=True,
+    proc = subprocess.run([sys.executable, *SAFE_PATH, "-m", "lmdbcache", *args], capture_output=True,
                           text=True, timeout=TIMEOUT, input=input)
     # never a traceback, errors on one line
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -170,7 +173,7 @@ def test_copy(path, tmp_path, compact):
 
 
 def test_copy_while_another_process_writes(path, tmp_path):
-    writer = subprocess.Popen([sys.executable, "-P", "-c", textwrap.dedent(f"""
+    writer = subprocess.Popen([sys.executable, *SAFE_PATH, "-c", textwrap.dedent(f"""
         import sys, lmdbcache
         c = lmdbcache.Cache({path!r})
         print("ready", flush=True)
@@ -213,7 +216,7 @@ def test_compact(tmp_path):
 
 
 def test_compact_refuses_while_another_process_has_it_open(path):
-    holder = subprocess.Popen([sys.executable, "-P", "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen([sys.executable, *SAFE_PATH, "-c", textwrap.dedent(f"""
         import sys, lmdbcache
         c = lmdbcache.Cache({path!r}, readonly=True)
         len(c)
@@ -266,7 +269,7 @@ def damage(path):
             txn.put(key, record(key, "N", b""))
         env.close()
     """)
-    subprocess.run([sys.executable, "-P", "-c", script], check=True, timeout=TIMEOUT)
+    subprocess.run([sys.executable, *SAFE_PATH, "-c", script], check=True, timeout=TIMEOUT)
 
 
 def test_verify(path):
@@ -338,7 +341,7 @@ class Terminal:
                               capture_output=True, text=True, timeout=30)
 
     def run(self, *args, wait=TIMEOUT):
-        cmd = " ".join([sys.executable, "-P", "-m", "lmdbcache", *args])
+        cmd = " ".join([sys.executable, *SAFE_PATH, "-m", "lmdbcache", *args])
         script = self.tmp / f"run-{uuid.uuid4().hex[:6]}.sh"
         script.write_text(f"cd {self.tmp}\n{cmd}\necho EXIT=$?\nsleep 600\n")
         if self.sockets:

@@ -49,6 +49,9 @@ sys.path.insert(0, HERE)
 import _i9damage  # noqa: E402
 from _i9util import child_env, record_figures  # noqa: E402
 
+# Python 3.10 has no -P; its test run starts in tests/, where no source package can shadow.
+SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
+
 FLIPS = int(os.environ.get("LMDBCACHE_DAMAGE_FLIPS", "200"))
 TRUNCATIONS = int(os.environ.get("LMDBCACHE_DAMAGE_TRUNCATIONS", "100"))
 CLASSES = ("clean", "lost", "wrong", "undocumented", "crash", "hang", "harness")
@@ -61,7 +64,7 @@ LMDB_TRUSTED_PAGES = ("branch", "leaf")
 
 
 def _script(*args, timeout=120):
-    return subprocess.run([sys.executable, "-P", "-B", os.path.join(HERE, "_i9damage.py"),
+    return subprocess.run([sys.executable, *SAFE_PATH, "-B", os.path.join(HERE, "_i9damage.py"),
                            *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env=child_env(), cwd=tempfile.gettempdir())
 
