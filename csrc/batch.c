@@ -88,7 +88,7 @@ PyObject *lmc_store_get_many(StoreObject *self, PyObject *keys)
     lmc_env *e;
     PyObject **kobjs = NULL, **vals = NULL, *result = NULL;
     lmc_keyset ks = {NULL, NULL, 0};
-    char *pickled = NULL;
+    int *pending = NULL;
     const char *why = NULL;
     lmc_record rec;
     MDB_txn *txn;
@@ -101,12 +101,12 @@ PyObject *lmc_store_get_many(StoreObject *self, PyObject *keys)
     if (lmc_objs_from(keys, "get_many() expects an iterable of keys", &kobjs, &n) < 0)
         goto leave;
     vals = PyMem_Calloc((size_t)n + 1, sizeof(*vals));
-    pickled = PyMem_Calloc((size_t)n + 1, 1);
-    if (vals == NULL || pickled == NULL) {
+    pending = PyMem_Calloc((size_t)n + 1, sizeof(*pending));
+    if (vals == NULL || pending == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    if (lmc_keyset_build(st, kobjs, n, &ks) < 0)
+    if (lmc_keyset_build(&self->codec, kobjs, n, &ks) < 0)
         goto done;
     rc = lmc_read_begin(e, &txn);
     if (rc != 0) {
@@ -126,11 +126,11 @@ PyObject *lmc_store_get_many(StoreObject *self, PyObject *keys)
             failed = 1;
             break;
         }
-        pickled[i] = (char)p;
+        pending[i] = p;
     }
     lmc_read_end(e, txn);
     if (failed) {
-        lmc_value_finish(st, NULL, 0, e->path); /* invalid UTF-8 -> CorruptError */
+        lmc_value_finish(&self->codec, NULL, 0, e->path); /* invalid UTF-8 -> CorruptError */
         goto done;
     }
     if (rc != 0) {
@@ -153,7 +153,7 @@ PyObject *lmc_store_get_many(StoreObject *self, PyObject *keys)
         self->hits++;
         if (e->policy == LMC_POLICY_LRU && lmc_env_evicts(e))
             lmc_lru_touch(e, self->dbname, &ks.refs[i].val);
-        value = lmc_value_finish(st, vals[i], pickled[i], e->path);
+        value = lmc_value_finish(&self->codec, vals[i], pending[i], e->path);
         vals[i] = NULL;
         if (value == NULL || PyDict_SetItem(result, kobjs[i], value) < 0) {
             Py_XDECREF(value);
@@ -169,7 +169,7 @@ done:
             Py_XDECREF(vals[i]);
     }
     PyMem_Free(vals);
-    PyMem_Free(pickled);
+    PyMem_Free(pending);
     if (kobjs != NULL)
         lmc_objs_free(kobjs, n);
 leave:
@@ -319,7 +319,7 @@ static PyObject *store_prefix(StoreObject *self, PyObject *prefix, int delete)
     }
     if ((delete && lmc_store_check_writable(self) < 0) || (e = lmc_store_enter(self, &dbi)) == NULL)
         return NULL;
-    if (lmc_key_encode(self->state, prefix, &k) < 0)
+    if (lmc_key_encode(&self->codec, prefix, &k) < 0)
         goto leave;
     if (k.r.full != NULL) {
         PyErr_SetString(PyExc_ValueError, "prefix is too long");

@@ -5,10 +5,15 @@
  *   's' str as UTF-8          'b' bytes as they are
  *   'i' int in [-2**63, 2**63) as 8 big-endian bytes with the sign bit flipped
  *       (order-preserving)
+ *   'l' any other int, as signed decimal ASCII
+ *   'd' float: its IEEE bits, big-endian, sign-flipped to sort (-0.0 is 0.0)
+ *   'k' bool: one byte, 0 or 1          'n' None: nothing
  *   't' tuple: for each item, a LEB128 length then the item's own encoding
  *   'f' frozenset: as a tuple, the items' encodings sorted bytewise, so the
  *       encoding does not depend on the hash seed (PYTHONHASHSEED)
- *   'p' anything else hashable, pickled (protocol 5)
+ *   'p' anything else hashable, pickled (protocol 5) -- under the pickle
+ *       serializer only: any other refuses such keys (TypeError) and never
+ *       decodes a stored one
  *   'h' SHA-256 of an encoding longer than LMC_MAX_KEY; the full encoding is
  *       then kept in the value record and compared on every lookup.
  * Keys are equal when their encodings are: 1, 1.0 and True are three keys.
@@ -18,9 +23,14 @@
  * expiry], [8-byte store sequence], [u32 length + full key], payload.  The
  * checksum covers the sub-database name, the LMDB key and every other byte
  * of the record (lmc_record_sum): a damaged record, or one moved to another
- * key or namespace, is CorruptError, never a wrong value.  bytes, str, int64, float, None, True, False are stored
- * natively; everything else is pickled with protocol 5.  Numbers use the
- * machine's byte order (LMDB files do not move between byte orders either).
+ * key or namespace, is CorruptError, never a wrong value.  With a secret
+ * (flag LMC_FLAG_MAC) a 16-byte keyed BLAKE2b MAC follows the checksum, over
+ * the same bytes minus both fields (lmc_record_mac).  bytes, str, int64,
+ * float, None, True, False are stored natively; everything else goes through
+ * the Store's serializer: tag 'p' pickle (protocol 5), 'j' json, 'm' msgpack,
+ * 'c' a user's object.  A payload of at least compress_threshold bytes may be
+ * a zstd frame (flag LMC_FLAG_ZSTD).  Numbers use the machine's byte order
+ * (LMDB files do not move between byte orders either).
  */
 #include "lmdbcache.h"
 
@@ -71,16 +81,25 @@ static int kbuf_put(kbuf *b, int tag, const void *data, size_t n)
     return 0;
 }
 
-static int encode_into(lmc_state *st, kbuf *b, PyObject *key, int depth);
+static int encode_into(const lmc_codec *c, kbuf *b, PyObject *key, int depth);
 
-static int encode_pickled(lmc_state *st, kbuf *b, PyObject *key)
+static int encode_pickled(const lmc_codec *c, kbuf *b, PyObject *key)
 {
+    lmc_state *st = c->st;
     PyObject *args[2] = {key, st->protocol};
     PyObject *pickled;
     int rc;
 
     if (PyObject_Hash(key) == -1)
         return -1; /* TypeError: unhashable type */
+    if (c->kind != LMC_SER_PICKLE) {
+        PyErr_Format(PyExc_TypeError,
+                     "cache key of type %.100s would need pickling, which this cache's "
+                     "serializer does not allow: use str, bytes, int, float, bool, None, or "
+                     "tuples and frozensets of them",
+                     Py_TYPE(key)->tp_name);
+        return -1;
+    }
     pickled = PyObject_Vectorcall(st->pickle_dumps, args, 2, NULL);
     if (pickled == NULL) {
         lmc_raise_from(PyExc_TypeError, "cache key of type %.100s cannot be pickled",
@@ -93,7 +112,7 @@ static int encode_pickled(lmc_state *st, kbuf *b, PyObject *key)
     return rc;
 }
 
-static int encode_tuple(lmc_state *st, kbuf *b, PyObject *key, int depth)
+static int encode_tuple(const lmc_codec *c, kbuf *b, PyObject *key, int depth)
 {
     Py_ssize_t i, n = PyTuple_GET_SIZE(key);
     size_t start, item, len, shift;
@@ -106,7 +125,7 @@ static int encode_tuple(lmc_state *st, kbuf *b, PyObject *key, int depth)
     for (i = 0; i < n; i++) {
         /* Encode the item first, then insert its length in front of it. */
         start = b->len;
-        if (encode_into(st, b, PyTuple_GET_ITEM(key, i), depth + 1) < 0)
+        if (encode_into(c, b, PyTuple_GET_ITEM(key, i), depth + 1) < 0)
             return -1;
         item = b->len - start;
         for (len = item, nv = 0, shift = 0; nv == 0 || len != 0; shift += 7) {
@@ -140,7 +159,7 @@ static int kitem_cmp(const void *a, const void *b)
 /* Items encoded one after the other in a scratch buffer, then written in the
  * bytewise order of their encodings.  kitem_base is set just before qsort,
  * which runs no Python code: no other thread can use it meanwhile. */
-static int encode_frozenset(lmc_state *st, kbuf *b, PyObject *key, int depth)
+static int encode_frozenset(const lmc_codec *c, kbuf *b, PyObject *key, int depth)
 {
     unsigned char stack[256], varint[10];
     kbuf tmp;
@@ -163,7 +182,7 @@ static int encode_frozenset(lmc_state *st, kbuf *b, PyObject *key, int depth)
         goto done;
     while ((item = PyIter_Next(it)) != NULL) {
         size_t start = tmp.len;
-        int r = i < n ? encode_into(st, &tmp, item, depth + 1) : -1;
+        int r = i < n ? encode_into(c, &tmp, item, depth + 1) : -1;
         Py_DECREF(item);
         if (r < 0) {
             if (!PyErr_Occurred())
@@ -202,7 +221,37 @@ done:
     return rc;
 }
 
-static int encode_into(lmc_state *st, kbuf *b, PyObject *key, int depth)
+static int encode_float(kbuf *b, double d)
+{
+    unsigned char be[8];
+    uint64_t u;
+    int i;
+
+    if (d == 0.0)
+        d = 0.0; /* -0.0 == 0.0: one key */
+    memcpy(&u, &d, 8);
+    u = (u >> 63) ? ~u : u ^ ((uint64_t)1 << 63);
+    for (i = 7; i >= 0; i--, u >>= 8)
+        be[i] = (unsigned char)(u & 0xff);
+    return kbuf_put(b, LMC_KEY_FLOAT, be, 8);
+}
+
+static int encode_bigint(kbuf *b, PyObject *key)
+{
+    PyObject *text = PyLong_Type.tp_repr(key); /* int's own: base 10, even for subclasses */
+    Py_ssize_t n;
+    const char *p;
+    int rc;
+
+    if (text == NULL)
+        return -1;
+    p = PyUnicode_AsUTF8AndSize(text, &n);
+    rc = p == NULL ? -1 : kbuf_put(b, LMC_KEY_BIGINT, p, (size_t)n);
+    Py_DECREF(text);
+    return rc;
+}
+
+static int encode_into(const lmc_codec *c, kbuf *b, PyObject *key, int depth)
 {
     if (depth > LMC_MAX_DEPTH) {
         PyErr_SetString(PyExc_TypeError, "cache key is nested too deeply");
@@ -231,14 +280,24 @@ static int encode_into(lmc_state *st, kbuf *b, PyObject *key, int depth)
                 be[i] = (unsigned char)(u & 0xff);
             return kbuf_put(b, LMC_KEY_INT, be, 8);
         }
+        return encode_bigint(b, key);
+    }
+    else if (PyFloat_Check(key)) {
+        return encode_float(b, PyFloat_AS_DOUBLE(key));
+    }
+    else if (key == Py_None) {
+        return kbuf_put(b, LMC_KEY_NONE, "", 0);
+    }
+    else if (PyBool_Check(key)) {
+        return kbuf_put(b, LMC_KEY_BOOL, key == Py_True ? "\1" : "\0", 1);
     }
     else if (PyTuple_CheckExact(key)) {
-        return encode_tuple(st, b, key, depth);
+        return encode_tuple(c, b, key, depth);
     }
     else if (PyFrozenSet_CheckExact(key)) {
-        return encode_frozenset(st, b, key, depth);
+        return encode_frozenset(c, b, key, depth);
     }
-    return encode_pickled(st, b, key);
+    return encode_pickled(c, b, key);
 }
 
 /* The sha256 constructor, imported on first use: the built-in _sha2 (3.12+)
@@ -301,7 +360,7 @@ done:
     return rc;
 }
 
-int lmc_key_encode(lmc_state *st, PyObject *key, lmc_key *out)
+int lmc_key_encode(const lmc_codec *c, PyObject *key, lmc_key *out)
 {
     kbuf b;
     int rc;
@@ -326,7 +385,7 @@ int lmc_key_encode(lmc_state *st, PyObject *key, lmc_key *out)
     b.p = b.stack = out->buf;
     b.len = 0;
     b.cap = sizeof(out->buf);
-    rc = encode_into(st, &b, key, 0);
+    rc = encode_into(c, &b, key, 0);
     if (rc == 0) {
         if (b.len <= LMC_MAX_KEY) {
             if (b.p != out->buf)
@@ -335,7 +394,7 @@ int lmc_key_encode(lmc_state *st, PyObject *key, lmc_key *out)
             out->r.val.mv_size = b.len;
         }
         else {
-            rc = key_digest(st, b.p, b.len, out);
+            rc = key_digest(c->st, b.p, b.len, out);
         }
     }
     if (b.p != b.stack)
@@ -343,7 +402,7 @@ int lmc_key_encode(lmc_state *st, PyObject *key, lmc_key *out)
     return rc;
 }
 
-int lmc_keyset_build(lmc_state *st, PyObject *const *keys, Py_ssize_t n, lmc_keyset *ks)
+int lmc_keyset_build(const lmc_codec *c, PyObject *const *keys, Py_ssize_t n, lmc_keyset *ks)
 {
     lmc_key k;
     size_t len = 0, cap = (size_t)n * 32 + 64, *off = NULL;
@@ -359,7 +418,7 @@ int lmc_keyset_build(lmc_state *st, PyObject *const *keys, Py_ssize_t n, lmc_key
         goto error;
     }
     for (i = 0; i < n; i++) {
-        if (lmc_key_encode(st, keys[i], &k) < 0)
+        if (lmc_key_encode(c, keys[i], &k) < 0)
             goto error;
         if (len + k.r.val.mv_size > cap) {
             cap = (cap + k.r.val.mv_size) * 2;
@@ -404,9 +463,9 @@ void lmc_keyset_free(lmc_keyset *ks)
     ks->n = 0;
 }
 
-static PyObject *decode_one(lmc_state *st, const unsigned char *p, size_t n, int depth);
+static PyObject *decode_one(const lmc_codec *c, const unsigned char *p, size_t n, int depth);
 
-static PyObject *decode_tuple(lmc_state *st, const unsigned char *p, size_t n, int depth)
+static PyObject *decode_tuple(const lmc_codec *c, const unsigned char *p, size_t n, int depth)
 {
     PyObject *list = PyList_New(0), *item, *tuple = NULL;
     size_t pos = 0, len, shift;
@@ -423,7 +482,7 @@ static PyObject *decode_tuple(lmc_state *st, const unsigned char *p, size_t n, i
         }
         if (len == 0 || len > n - pos)
             goto bad;
-        item = decode_one(st, p + pos, len, depth + 1);
+        item = decode_one(c, p + pos, len, depth + 1);
         if (item == NULL || PyList_Append(list, item) < 0) {
             Py_XDECREF(item);
             goto error;
@@ -441,7 +500,7 @@ error:
     return NULL;
 }
 
-static PyObject *decode_one(lmc_state *st, const unsigned char *p, size_t n, int depth)
+static PyObject *decode_one(const lmc_codec *c, const unsigned char *p, size_t n, int depth)
 {
     if (n == 0 || depth > LMC_MAX_DEPTH)
         goto bad;
@@ -459,10 +518,38 @@ static PyObject *decode_one(lmc_state *st, const unsigned char *p, size_t n, int
             u = (u << 8) | p[i];
         return PyLong_FromLongLong((long long)(u ^ ((uint64_t)1 << 63)));
     }
+    case LMC_KEY_BIGINT: {
+        char digits[64];
+        if (n < 2 || n - 1 >= sizeof(digits))
+            goto bad;
+        memcpy(digits, p + 1, n - 1);
+        digits[n - 1] = '\0';
+        return PyLong_FromString(digits, NULL, 10);
+    }
+    case LMC_KEY_FLOAT: {
+        uint64_t u = 0;
+        double d;
+        size_t i;
+        if (n != 9)
+            goto bad;
+        for (i = 1; i < 9; i++)
+            u = (u << 8) | p[i];
+        u = (u >> 63) ? u ^ ((uint64_t)1 << 63) : ~u;
+        memcpy(&d, &u, 8);
+        return PyFloat_FromDouble(d);
+    }
+    case LMC_KEY_NONE:
+        if (n != 1)
+            goto bad;
+        Py_RETURN_NONE;
+    case LMC_KEY_BOOL:
+        if (n != 2 || p[1] > 1)
+            goto bad;
+        return PyBool_FromLong(p[1]);
     case LMC_KEY_TUPLE:
-        return decode_tuple(st, p + 1, n - 1, depth);
+        return decode_tuple(c, p + 1, n - 1, depth);
     case LMC_KEY_FROZENSET: {
-        PyObject *t = decode_tuple(st, p + 1, n - 1, depth), *fs;
+        PyObject *t = decode_tuple(c, p + 1, n - 1, depth), *fs;
         if (t == NULL)
             return NULL;
         fs = PyFrozenSet_New(t);
@@ -470,11 +557,16 @@ static PyObject *decode_one(lmc_state *st, const unsigned char *p, size_t n, int
         return fs;
     }
     case LMC_KEY_PICKLE: {
-        PyObject *b = PyBytes_FromStringAndSize((const char *)p + 1, (Py_ssize_t)n - 1);
-        PyObject *key;
+        PyObject *b, *key;
+        if (c->kind != LMC_SER_PICKLE) {
+            PyErr_SetString(PyExc_ValueError, "a pickled key, refused: this cache's serializer "
+                                              "is not pickle");
+            return NULL;
+        }
+        b = PyBytes_FromStringAndSize((const char *)p + 1, (Py_ssize_t)n - 1);
         if (b == NULL)
             return NULL;
-        key = PyObject_CallOneArg(st->pickle_loads, b);
+        key = PyObject_CallOneArg(c->st->pickle_loads, b);
         Py_DECREF(b);
         return key;
     }
@@ -496,9 +588,10 @@ static int decode_failed(lmc_state *st)
            !PyErr_ExceptionMatches(st->Error);
 }
 
-PyObject *lmc_key_decode(lmc_state *st, const char *p, size_t n)
+PyObject *lmc_key_decode(const lmc_codec *c, const char *p, size_t n)
 {
-    PyObject *key = decode_one(st, (const unsigned char *)p, n, 0);
+    lmc_state *st = c->st;
+    PyObject *key = decode_one(c, (const unsigned char *)p, n, 0);
     if (key == NULL && decode_failed(st))
         lmc_raise_from(st->CorruptError, "a stored key cannot be decoded");
     return key;
@@ -506,12 +599,89 @@ PyObject *lmc_key_decode(lmc_state *st, const char *p, size_t n)
 
 /* ---- values ------------------------------------------------------------------ */
 
-int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_kref *key, double expires,
+/* Serialize a non-native value with c's serializer: a bytes object (new ref)
+ * and its tag.  pickle's own errors pass unchanged (PicklingError and the
+ * TypeError/AttributeError of unpicklable objects); another serializer's are
+ * TypeError, with the original as __cause__. */
+static PyObject *serialize(const lmc_codec *c, PyObject *value, int *tag)
+{
+    lmc_state *st = c->st;
+    PyObject *out, *f;
+    static const int tags[] = {LMC_VAL_PICKLE, LMC_VAL_JSON, LMC_VAL_MSGPACK, LMC_VAL_CUSTOM};
+
+    *tag = tags[c->kind];
+    if (c->kind == LMC_SER_PICKLE) {
+        PyObject *args[2] = {value, st->protocol};
+        return PyObject_Vectorcall(st->pickle_dumps, args, 2, NULL);
+    }
+    if (c->dumps == NULL) {
+        PyErr_SetString(PyExc_ReferenceError, "the cache's serializer was cleared");
+        return NULL;
+    }
+    f = Py_NewRef(c->dumps); /* user code may re-initialise the Store */
+    out = PyObject_CallOneArg(f, value);
+    Py_DECREF(f);
+    if (out == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_Exception) && !PyErr_ExceptionMatches(PyExc_MemoryError))
+            lmc_raise_from(PyExc_TypeError, "a value of type %.100s cannot be serialized by "
+                                            "this cache's serializer",
+                           Py_TYPE(value)->tp_name);
+        return NULL;
+    }
+    if (PyUnicode_Check(out)) { /* json's encoder gives str */
+        PyObject *b = PyUnicode_AsUTF8String(out);
+        Py_SETREF(out, b);
+    }
+    if (out != NULL && !PyBytes_Check(out)) {
+        PyErr_Format(PyExc_TypeError, "the serializer's dumps returned %.100s, not bytes",
+                     Py_TYPE(out)->tp_name);
+        Py_CLEAR(out);
+    }
+    return out;
+}
+
+/* Compress the payload of out when it is long enough and shrinks: 1 if it
+ * was, 0 if not, -1 with an exception. */
+static int maybe_compress(const lmc_codec *c, lmc_value *out)
+{
+    PyObject *raw, *z, *f;
+
+    if (c->compress == NULL || out->data_len < c->threshold || out->data_len == 0)
+        return 0;
+    raw = out->owner != NULL && PyBytes_Check(out->owner) &&
+                  PyBytes_AS_STRING(out->owner) == out->data
+              ? Py_NewRef(out->owner)
+              : PyBytes_FromStringAndSize(out->data, (Py_ssize_t)out->data_len);
+    if (raw == NULL)
+        return -1;
+    f = Py_NewRef(c->compress);
+    z = PyObject_CallOneArg(f, raw);
+    Py_DECREF(f);
+    Py_DECREF(raw);
+    if (z == NULL)
+        return -1;
+    if (!PyBytes_Check(z)) {
+        PyErr_Format(PyExc_TypeError, "the compressor returned %.100s, not bytes",
+                     Py_TYPE(z)->tp_name);
+        Py_DECREF(z);
+        return -1;
+    }
+    if ((size_t)PyBytes_GET_SIZE(z) >= out->data_len) {
+        Py_DECREF(z);
+        return 0;
+    }
+    Py_XSETREF(out->owner, z);
+    out->data = PyBytes_AS_STRING(z);
+    out->data_len = (size_t)PyBytes_GET_SIZE(z);
+    return 1;
+}
+
+int lmc_value_encode(const lmc_codec *c, PyObject *value, const lmc_kref *key, double expires,
                      int with_seq, lmc_value *out)
 {
     PyTypeObject *tp = Py_TYPE(value);
     Py_ssize_t slen;
-    int tag;
+    int tag, z, extra = c->sign ? LMC_FLAG_MAC : 0;
 
     out->owner = NULL;
     out->data = NULL;
@@ -544,7 +714,6 @@ int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_kref *key, double
         out->data_len = 8;
     }
     else {
-        PyObject *args[2] = {value, st->protocol};
         int overflow = 1;
         long long v = 0;
         if (tp == &PyLong_Type) {
@@ -560,23 +729,36 @@ int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_kref *key, double
         }
         else {
             PyErr_Clear(); /* a str with lone surrogates lands here too */
-            out->owner = PyObject_Vectorcall(st->pickle_dumps, args, 2, NULL);
+            out->owner = serialize(c, value, &tag);
             if (out->owner == NULL)
                 return -1;
-            tag = LMC_VAL_PICKLE;
             out->data = PyBytes_AS_STRING(out->owner);
             out->data_len = (size_t)PyBytes_GET_SIZE(out->owner);
         }
     }
-    lmc_value_head(out, tag, expires, with_seq, key);
+    if (LMC_UNLIKELY(c->compress != NULL) && tag != LMC_VAL_INT && tag != LMC_VAL_FLOAT) {
+        z = maybe_compress(c, out);
+        if (z < 0) {
+            Py_CLEAR(out->owner);
+            return -1;
+        }
+        if (z)
+            extra |= LMC_FLAG_ZSTD;
+    }
+    lmc_value_head(out, tag, extra, expires, with_seq, key);
     return 0;
 }
 
-void lmc_value_head(lmc_value *out, int tag, double expires, int with_seq, const lmc_kref *key)
+void lmc_value_head(lmc_value *out, int tag, int extra, double expires, int with_seq,
+                    const lmc_kref *key)
 {
     size_t n = LMC_HEADER_SIZE;
-    int flags = 0;
+    int flags = extra & (LMC_FLAG_MAC | LMC_FLAG_ZSTD);
 
+    if (flags & LMC_FLAG_MAC) {
+        memset(out->head + n, 0, LMC_MAC_SIZE); /* filled by lmc_value_write */
+        n += LMC_MAC_SIZE;
+    }
     out->seq_off = 0;
     out->key = NULL;
     out->key_len = 0;
@@ -606,7 +788,7 @@ void lmc_value_head(lmc_value *out, int tag, double expires, int with_seq, const
 }
 
 void lmc_value_write(const lmc_value *v, char *dst, uint64_t seq, const char *dbname,
-                     const MDB_val *key)
+                     const MDB_val *key, const lmc_mac *mac)
 {
     char *p = dst;
     uint32_t sum;
@@ -621,6 +803,9 @@ void lmc_value_write(const lmc_value *v, char *dst, uint64_t seq, const char *db
     }
     if (v->data_len)
         memcpy(p, v->data, v->data_len);
+    if ((v->head[2] & LMC_FLAG_MAC) && mac != NULL)
+        lmc_record_mac(mac, dbname, key, dst, lmc_value_size(v),
+                       (unsigned char *)dst + LMC_MAC_OFF);
     sum = lmc_record_sum(dbname, key, dst, lmc_value_size(v));
     memcpy(dst + LMC_SUM_OFF, &sum, 4);
 }
@@ -634,9 +819,13 @@ int lmc_record_parse(lmc_state *st, const char *p, size_t n, lmc_record *rec, co
     return -1;
 }
 
-PyObject *lmc_record_take(const lmc_record *rec, int *pickled)
+PyObject *lmc_record_take(const lmc_record *rec, int *pending)
 {
-    *pickled = 0;
+    *pending = 0;
+    if (LMC_UNLIKELY(rec->flags & LMC_FLAG_ZSTD)) {
+        *pending = rec->tag | LMC_PENDING_ZSTD;
+        return PyBytes_FromStringAndSize(rec->data, (Py_ssize_t)rec->data_len);
+    }
     switch (rec->tag) {
     case LMC_VAL_BYTES:
         return PyBytes_FromStringAndSize(rec->data, (Py_ssize_t)rec->data_len);
@@ -658,27 +847,88 @@ PyObject *lmc_record_take(const lmc_record *rec, int *pickled)
         memcpy(&d, rec->data, 8);
         return PyFloat_FromDouble(d);
     }
-    default: /* LMC_VAL_PICKLE: parse admitted no other tag */
-        *pickled = 1;
+    default: /* serialized: parse admitted no other tag */
+        *pending = rec->tag;
         return PyBytes_FromStringAndSize(rec->data, (Py_ssize_t)rec->data_len);
     }
 }
 
-PyObject *lmc_value_finish(lmc_state *st, PyObject *obj, int pickled, const char *path)
+static const char *serializer_name(int tag)
 {
-    PyObject *value;
+    switch (tag) {
+    case LMC_VAL_PICKLE: return "pickle";
+    case LMC_VAL_JSON: return "json";
+    case LMC_VAL_MSGPACK: return "msgpack";
+    default: return "a custom serializer";
+    }
+}
+
+PyObject *lmc_value_finish(const lmc_codec *c, PyObject *obj, int pending, const char *path)
+{
+    lmc_state *st = c->st;
+    PyObject *value, *loads;
+    int tag = pending & 0xff, kind;
 
     if (obj == NULL) {
         if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
             lmc_raise_from(st->CorruptError, "corrupt record in '%s': invalid UTF-8", path);
         return NULL;
     }
-    if (!pickled)
+    if (LMC_LIKELY(pending == 0))
         return obj;
-    value = PyObject_CallOneArg(st->pickle_loads, obj);
+    if (pending & LMC_PENDING_ZSTD) {
+        if (c->decompress == NULL) {
+            Py_DECREF(obj);
+            PyErr_Format(st->Error, "a record in '%s' is zstd-compressed and this cache cannot "
+                         "decompress it: install the zstandard package (pip install "
+                         "'lmdbcache[zstd]')", path);
+            return NULL;
+        }
+        loads = Py_NewRef(c->decompress);
+        value = PyObject_CallOneArg(loads, obj);
+        Py_DECREF(loads);
+        Py_DECREF(obj);
+        if (value != NULL && !PyBytes_Check(value)) {
+            Py_DECREF(value);
+            PyErr_SetString(PyExc_TypeError, "the decompressor did not return bytes");
+            value = NULL;
+        }
+        if (value == NULL) {
+            if (decode_failed(st))
+                lmc_raise_from(st->CorruptError, "corrupt record in '%s': the stored value "
+                               "cannot be decompressed", path);
+            return NULL;
+        }
+        obj = value;
+        if (tag == LMC_VAL_BYTES)
+            return obj;
+        if (tag == LMC_VAL_STR) {
+            value = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj),
+                                         "strict");
+            Py_DECREF(obj);
+            return lmc_value_finish(c, value, 0, path);
+        }
+    }
+    kind = tag == LMC_VAL_PICKLE    ? LMC_SER_PICKLE
+           : tag == LMC_VAL_JSON    ? LMC_SER_JSON
+           : tag == LMC_VAL_MSGPACK ? LMC_SER_MSGPACK
+                                    : LMC_SER_CUSTOM;
+    loads = kind == LMC_SER_PICKLE && c->kind == LMC_SER_PICKLE ? st->pickle_loads
+                                                                 : c->loads[kind];
+    if (loads == NULL) {
+        Py_DECREF(obj);
+        PyErr_Format(st->CorruptError,
+                     "refused a record in '%s' written by %s: this cache's serializer does "
+                     "not decode it%s", path, serializer_name(tag),
+                     kind == LMC_SER_PICKLE ? " (it never unpickles)" : "");
+        return NULL;
+    }
+    Py_INCREF(loads);
+    value = PyObject_CallOneArg(loads, obj);
+    Py_DECREF(loads);
     Py_DECREF(obj);
     if (value == NULL && decode_failed(st))
         lmc_raise_from(st->CorruptError, "corrupt record in '%s': the stored value cannot be "
-                       "unpickled", path);
+                       "decoded (%s)", path, serializer_name(tag));
     return value;
 }

@@ -468,8 +468,94 @@ static int parse_format(const MDB_val *v, long *out)
     return *end == '\0' ? 0 : -1;
 }
 
-/* Check (and on a new cache, write) the format record; open the dbi handles. */
-static int env_init_meta(lmc_state *st, lmc_env *e)
+/* Does the main DB hold nothing but our bookkeeping (no user key, no
+ * namespace)?  1 yes, 0 no, or an LMDB code. */
+static int env_is_bare(MDB_txn *txn, MDB_dbi dbi)
+{
+    static const char *const ours[] = {LMC_META_DB, LMC_ORDER_DB, LMC_ATIME_DB};
+    MDB_cursor *cur = NULL;
+    MDB_val k, v;
+    size_t i;
+    int rc, bare = 1;
+
+    rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc != 0)
+        return rc;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && bare;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        for (i = 0, bare = 0; i < sizeof(ours) / sizeof(ours[0]) && !bare; i++)
+            bare = k.mv_size == strlen(ours[i]) && memcmp(k.mv_data, ours[i], k.mv_size) == 0;
+    }
+    mdb_cursor_close(cur);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return rc;
+    return bare;
+}
+
+/* The signature record of a signed cache: its presence says every record
+ * carries a MAC, its value (the MAC of LMC_SIGNED_TEXT) names the secret.
+ * 0: checked (e is set up to verify when signed), 1: it must be written and
+ * the txn is read-only, -1: an exception. */
+static int env_check_signed(lmc_state *st, lmc_env *e, const lmc_options *opt, MDB_txn *txn,
+                            int writing, int created)
+{
+    MDB_val key = {6, (void *)"signed"}, val;
+    unsigned char id[LMC_MAC_SIZE];
+    int rc;
+
+    if (opt->mac != NULL)
+        lmc_mac_of(opt->mac, LMC_SIGNED_TEXT, sizeof(LMC_SIGNED_TEXT) - 1, id);
+    rc = created ? MDB_NOTFOUND : mdb_get(txn, e->meta_dbi, &key, &val);
+    if (rc == 0) {
+        if (opt->mac == NULL) {
+            PyErr_Format(st->SecretError,
+                         "'%s' is a signed cache: open it with its secret (secret= or the "
+                         "LMDBCACHE_SECRET environment variable)", e->path);
+            return -1;
+        }
+        if (val.mv_size != LMC_MAC_SIZE || memcmp(val.mv_data, id, LMC_MAC_SIZE) != 0) {
+            PyErr_Format(st->SecretError, "'%s' is signed with another secret", e->path);
+            return -1;
+        }
+    }
+    else if (rc != MDB_NOTFOUND) {
+        lmc_raise(st, rc, "read the signature record", e->path);
+        return -1;
+    }
+    else if (opt->mac != NULL) {
+        rc = created ? 1 : env_is_bare(txn, e->main_dbi);
+        if (rc == 0 || (rc == 1 && (e->flags & MDB_RDONLY))) {
+            PyErr_Format(st->SecretError,
+                         "'%s' holds a cache written without a secret, whose records cannot be "
+                         "authenticated: open it without secret=, or delete the directory and "
+                         "let the cache start empty", e->path);
+            return -1;
+        }
+        if (rc != 1) {
+            lmc_raise(st, rc, "read the cache", e->path);
+            return -1;
+        }
+        if (!writing)
+            return 1;
+        val.mv_size = LMC_MAC_SIZE;
+        val.mv_data = id;
+        rc = mdb_put(txn, e->meta_dbi, &key, &val, 0);
+        if (rc != 0) {
+            lmc_raise(st, rc, "sign the cache", e->path);
+            return -1;
+        }
+    }
+    if (opt->mac != NULL) {
+        e->is_signed = 1;
+        e->mac = *opt->mac;
+        memcpy(e->mac_id, id, LMC_MAC_SIZE);
+    }
+    return 0;
+}
+
+/* Check (and on a new cache, write) the format record and the signature
+ * record; open the dbi handles. */
+static int env_init_meta(lmc_state *st, lmc_env *e, const lmc_options *opt)
 {
     MDB_txn *txn = NULL;
     MDB_val key = {6, (void *)"format"}, lmdb_key = {4, (void *)"lmdb"}, val;
@@ -478,6 +564,7 @@ static int env_init_meta(lmc_state *st, lmc_env *e)
     const char *op = "read the cache format";
     long version;
     int rc, readonly = (e->flags & MDB_RDONLY) != 0, writing = 0, major, minor, patch;
+    int created = 0;
 
 again:
     if (writing) {
@@ -538,6 +625,7 @@ again:
         rc = mdb_put(txn, e->meta_dbi, &lmdb_key, &val, 0);
         if (rc != 0)
             goto lmdb_error;
+        created = 1;
     }
     else if (rc != 0) {
         goto lmdb_error;
@@ -552,7 +640,7 @@ again:
         if (version < LMC_FORMAT_VERSION) {
             PyErr_Format(st->FormatError,
                          "'%s' holds a cache of format %ld, written by an older lmdbcache; this "
-                         "version reads format %d (records now carry checksums): delete the "
+                         "version reads format %d (its records changed): delete the "
                          "directory or move it away, and the cache starts empty",
                          e->path, version, LMC_FORMAT_VERSION);
             goto error;
@@ -564,6 +652,15 @@ again:
                          e->path, version, LMC_FORMAT_VERSION);
             goto error;
         }
+    }
+    rc = env_check_signed(st, e, opt, txn, writing, created);
+    if (rc < 0)
+        goto error;
+    if (rc == 1) {
+        mdb_txn_abort(txn);
+        txn = NULL;
+        writing = 1;
+        goto again;
     }
     if (lmc_env_evicts(e)) {
         /* the eviction index (and for LRU the access index) */
@@ -697,7 +794,7 @@ static lmc_env *env_open(lmc_state *st, const char *path, const struct stat *sb,
     if ((rc = mdb_env_stat(e->env, &ms)) != 0)
         goto lmdb_error;
     e->page_size = ms.ms_psize;
-    if (env_init_meta(st, e) < 0)
+    if (env_init_meta(st, e, opt) < 0)
         goto error;
     /* Take this Env's reader slot now: the slot table then tells which
      * processes have the cache open (see lmc_marker_release). */
@@ -787,6 +884,23 @@ again:
     if (clash != NULL) {
         PyErr_Format(st->Error, "cannot open '%s' in this process: %s", path, clash);
         return NULL;
+    }
+    if (e->is_signed || opt->mac != NULL) {
+        /* every Store of a signed Env has its secret */
+        unsigned char id[LMC_MAC_SIZE];
+        if (opt->mac != NULL)
+            lmc_mac_of(opt->mac, LMC_SIGNED_TEXT, sizeof(LMC_SIGNED_TEXT) - 1, id);
+        if (!e->is_signed)
+            clash = "holds a cache written without a secret, and secret= was given";
+        else if (opt->mac == NULL)
+            clash = "is a signed cache: open it with its secret (secret= or the "
+                    "LMDBCACHE_SECRET environment variable)";
+        else if (memcmp(id, e->mac_id, LMC_MAC_SIZE) != 0)
+            clash = "is signed with another secret";
+        if (clash != NULL) {
+            PyErr_Format(st->SecretError, "'%s' %s", path, clash);
+            return NULL;
+        }
     }
     e->refcnt++;
     return e;

@@ -220,7 +220,8 @@ static int evict_oldest(MDB_txn *txn, lmc_env *e, MDB_cursor *cur, const MDB_val
     if (rc != 0)
         return rc;
     current = 0;
-    if (lmc_record_check(dbname, &key, rv.mv_data, rv.mv_size, &rec) == NULL)
+    /* only the sequence number is needed: a forged one merely evicts */
+    if (lmc_record_check(dbname, &key, rv.mv_data, rv.mv_size, &rec, NULL) == NULL)
         current = rec.seq;
     else
         current = seq; /* corrupt record: evict it */

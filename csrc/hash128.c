@@ -124,7 +124,7 @@ PyObject *lmc_store_expire_time(StoreObject *self, PyObject *key)
     e = lmc_store_enter(self, &dbi);
     if (e == NULL)
         return NULL;
-    if (lmc_key_encode(st, key, &k) < 0)
+    if (lmc_key_encode(&self->codec, key, &k) < 0)
         goto leave;
     rc = lmc_read_begin(e, &txn);
     if (rc != 0) {

@@ -17,13 +17,14 @@
 #define ITER_CHUNK 64
 
 #define ENT_NATIVE 0
-#define ENT_PICKLED 1
+#define ENT_PENDING 1 /* val: a payload for lmc_value_finish */
 #define ENT_CORRUPT 2 /* val: a str saying why */
 
 typedef struct {
     PyObject *key; /* raw key encoding (bytes) */
     PyObject *val; /* NULL for keys-only iteration */
     int kind;
+    int pending;   /* ENT_PENDING: what lmc_record_take said */
 } it_entry;
 
 typedef struct {
@@ -85,11 +86,11 @@ static void iter_drop_entries(IterObject *it)
 /* One entry from the record under the cursor.  Runs no Python code: only
  * bytes/str/int/float objects are made.  -1 with an exception. */
 static int iter_take(IterObject *it, it_entry *ent, PyObject *last, const MDB_val *k,
-                     const MDB_val *v)
+                     const MDB_val *v, const lmc_mac *mac)
 {
     lmc_record rec;
-    const char *why = lmc_record_check(it->store->dbname, k, v->mv_data, v->mv_size, &rec);
-    int pickled = 0;
+    const char *why = lmc_record_check(it->store->dbname, k, v->mv_data, v->mv_size, &rec, mac);
+    int pending = 0;
 
     ent->kind = ENT_NATIVE;
     if (why != NULL) {
@@ -106,7 +107,7 @@ static int iter_take(IterObject *it, it_entry *ent, PyObject *last, const MDB_va
         return -1;
     if (it->mode == 0)
         return 0;
-    ent->val = lmc_record_take(&rec, &pickled);
+    ent->val = lmc_record_take(&rec, &pending);
     if (ent->val == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
             return -1;
@@ -115,7 +116,8 @@ static int iter_take(IterObject *it, it_entry *ent, PyObject *last, const MDB_va
         ent->val = PyUnicode_FromString("invalid UTF-8");
         return ent->val == NULL ? -1 : 0;
     }
-    ent->kind = pickled ? ENT_PICKLED : ENT_NATIVE;
+    ent->kind = pending ? ENT_PENDING : ENT_NATIVE;
+    ent->pending = pending;
     return 0;
 }
 
@@ -181,7 +183,7 @@ static int iter_fill(IterObject *it)
         if (lmc_record_parse_raw(v.mv_data, v.mv_size, &rec) == NULL &&
             (rec.flags & LMC_FLAG_EXPIRES) && rec.expires <= lmc_now())
             continue;
-        if (iter_take(it, &it->ent[it->n], last, &k, &v) < 0) {
+        if (iter_take(it, &it->ent[it->n], last, &k, &v, lmc_env_mac(e)) < 0) {
             Py_CLEAR(it->ent[it->n].key);
             Py_CLEAR(it->ent[it->n].val);
             goto error;
@@ -222,12 +224,14 @@ static PyObject *iter_decode(IterObject *it, it_entry *ent)
         goto done;
     }
     if (it->mode != 1) {
-        key = lmc_key_decode(st, PyBytes_AS_STRING(ent->key), (size_t)PyBytes_GET_SIZE(ent->key));
+        key = lmc_key_decode(&it->store->codec, PyBytes_AS_STRING(ent->key),
+                             (size_t)PyBytes_GET_SIZE(ent->key));
         if (key == NULL)
             goto done;
     }
     if (it->mode != 0) {
-        value = lmc_value_finish(st, ent->val, ent->kind == ENT_PICKLED, it->store->path);
+        value = lmc_value_finish(&it->store->codec, ent->val,
+                                 ent->kind == ENT_PENDING ? ent->pending : 0, it->store->path);
         ent->val = NULL; /* stolen */
         if (value == NULL)
             goto done;

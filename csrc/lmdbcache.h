@@ -41,9 +41,9 @@
 /* ---- on-disk format ------------------------------------------------------ */
 
 /* Version of the whole cache layout, stored in __meta__ under "format". */
-#define LMC_FORMAT_VERSION 2
+#define LMC_FORMAT_VERSION 3
 /* Version byte at the start of every value record. */
-#define LMC_RECORD_VERSION 2
+#define LMC_RECORD_VERSION 3
 /* LMDB's default MDB_MAXKEYSIZE; checked against the library at open. */
 #define LMC_MAX_KEY 511
 /* Longest namespace name, in UTF-8 bytes (enforced in store.c). */
@@ -56,6 +56,10 @@
 
 /* key tags */
 #define LMC_KEY_BYTES 'b'
+#define LMC_KEY_FLOAT 'd'   /* 8 bytes, order-preserving; -0.0 stored as 0.0 */
+#define LMC_KEY_BOOL 'k'    /* 1 byte, 0 or 1 */
+#define LMC_KEY_BIGINT 'l'  /* an int outside int64, as signed decimal ASCII */
+#define LMC_KEY_NONE 'n'    /* no payload */
 #define LMC_KEY_DIGEST 'h'
 #define LMC_KEY_FROZENSET 'f'
 #define LMC_KEY_INT 'i'
@@ -72,15 +76,47 @@
 #define LMC_VAL_INT 'i'
 #define LMC_VAL_FLOAT 'd'
 #define LMC_VAL_PICKLE 'p'
+#define LMC_VAL_JSON 'j'    /* serializer="json" */
+#define LMC_VAL_MSGPACK 'm' /* serializer="msgpack" */
+#define LMC_VAL_CUSTOM 'c'  /* serializer=<object with dumps/loads> */
 
 /* value flags */
 #define LMC_FLAG_EXPIRES 0x01 /* 8-byte double (unix time) follows the header */
 #define LMC_FLAG_LONGKEY 0x02 /* uint32 length + full key encoding follow */
 #define LMC_FLAG_SEQ 0x04     /* 8-byte store sequence number (eviction order) */
-#define LMC_KNOWN_FLAGS (LMC_FLAG_EXPIRES | LMC_FLAG_LONGKEY | LMC_FLAG_SEQ)
+#define LMC_FLAG_MAC 0x08     /* a 16-byte MAC follows the checksum (secret=) */
+#define LMC_FLAG_ZSTD 0x10    /* the payload is a zstd frame (compress="zstd") */
+#define LMC_KNOWN_FLAGS \
+    (LMC_FLAG_EXPIRES | LMC_FLAG_LONGKEY | LMC_FLAG_SEQ | LMC_FLAG_MAC | LMC_FLAG_ZSTD)
 
 #define LMC_HEADER_SIZE 7 /* version, tag, flags, CRC32C */
 #define LMC_SUM_OFF 3     /* offset of the checksum in the record */
+#define LMC_MAC_OFF 7     /* offset of the MAC, when LMC_FLAG_MAC */
+#define LMC_MAC_SIZE 16
+
+/* Keyed BLAKE2b (blake2b.c): the record MAC of Cache(secret=...). */
+typedef struct {
+    uint64_t h[8];
+    uint64_t t[2];
+    unsigned char b[128];
+    size_t c;      /* bytes in b */
+    size_t outlen;
+} lmc_blake2b;
+
+typedef struct {
+    lmc_blake2b keyed; /* the state after the key block */
+} lmc_mac;
+
+int lmc_mac_init(lmc_mac *mac, const void *secret, size_t len);
+void lmc_blake2b_update(lmc_blake2b *s, const void *in, size_t n);
+void lmc_blake2b_final(lmc_blake2b *s, unsigned char *out);
+/* The MAC of a message of at least one byte. */
+static inline void lmc_mac_of(const lmc_mac *mac, const void *p, size_t n, unsigned char *out)
+{
+    lmc_blake2b s = mac->keyed;
+    lmc_blake2b_update(&s, p, n);
+    lmc_blake2b_final(&s, out);
+}
 
 #include <time.h>
 
@@ -108,6 +144,7 @@ typedef struct {
     PyObject *LockError;
     PyObject *FormatError;
     PyObject *UnsafeCacheError;
+    PyObject *SecretError;
     PyObject *pickle_dumps;
     PyObject *pickle_loads;
     PyObject *UnpicklingError;
@@ -211,7 +248,20 @@ typedef struct lmc_env {
     double warmed_at;      /* when lmc_env_warm last read the file (lmc_now) */
     char *incompat_to;     /* set when a file of another LMDB data format was moved aside */
     unsigned incompat_version;
+
+    /* A signed cache (secret=): every Store of this Env has the same secret
+     * (lmc_env_acquire compares mac_id), and every record read is verified. */
+    int is_signed;
+    lmc_mac mac;
+    unsigned char mac_id[LMC_MAC_SIZE]; /* the MAC of LMC_SIGNED_TEXT: names the secret */
 } lmc_env;
+
+#define LMC_SIGNED_TEXT "lmdbcache: the records of this cache are signed"
+
+static inline const lmc_mac *lmc_env_mac(const lmc_env *e)
+{
+    return e->is_signed ? &e->mac : NULL;
+}
 
 static inline int lmc_env_evicts(const lmc_env *e)
 {
@@ -245,6 +295,7 @@ typedef struct {
     int reset_incompatible; /* on_incompatible="reset": move another LMDB format aside */
     int readahead;     /* 0: MDB_NORDAHEAD (whole-file scans warm up first) */
     int allow_shared;  /* 1: skip the owner/mode trust check (never the symlink check) */
+    const lmc_mac *mac; /* secret=: records are signed; NULL = none */
 } lmc_options;
 
 /* Return a new reference to the Env for path (opening it if this process has
@@ -397,6 +448,24 @@ void lmc_evict_free(lmc_env *e);
 
 /* ---- codec (codec.c) ------------------------------------------------------- */
 
+/* How a Store turns values into bytes and back (Cache(serializer=...,
+ * compress=...)).  Owned by the Store; set once by Store.__init__. */
+#define LMC_SER_PICKLE 0
+#define LMC_SER_JSON 1
+#define LMC_SER_MSGPACK 2
+#define LMC_SER_CUSTOM 3
+typedef struct {
+    lmc_state *st;
+    int kind;             /* LMC_SER_*: anything but pickle never unpickles */
+    PyObject *dumps;      /* value -> bytes (or str) for kind; NULL for pickle */
+    PyObject *loads[4];   /* by LMC_SER_*: decoder of a payload with that tag, or
+                             NULL: such records are refused */
+    PyObject *compress;   /* bytes -> bytes, or NULL: never compress */
+    PyObject *decompress; /* bytes -> bytes, or NULL: compressed records fail */
+    size_t threshold;     /* payloads of at least this many bytes are compressed */
+    int sign;             /* records written get a MAC (secret=) */
+} lmc_codec;
+
 /* An encoded key: what is looked up in LMDB, and (owned) the full encoding
  * when that is a digest. */
 typedef struct {
@@ -419,19 +488,21 @@ typedef struct {
     Py_ssize_t n;
 } lmc_keyset;
 
-/* Encode key; on failure sets TypeError (unhashable/unpicklable) and returns -1.
+/* Encode key; on failure sets TypeError (unhashable/unpicklable, or needing
+ * pickle under another serializer) and returns -1.
  * lmc_key_clear must be called after success. */
-int lmc_key_encode(lmc_state *st, PyObject *key, lmc_key *out);
+int lmc_key_encode(const lmc_codec *c, PyObject *key, lmc_key *out);
 static inline void lmc_key_clear(lmc_key *k) { Py_CLEAR(k->r.full); }
 /* Encode keys[0..n) into ks; -1 with an exception (nothing to free) on error. */
-int lmc_keyset_build(lmc_state *st, PyObject *const *keys, Py_ssize_t n, lmc_keyset *ks);
+int lmc_keyset_build(const lmc_codec *c, PyObject *const *keys, Py_ssize_t n, lmc_keyset *ks);
 void lmc_keyset_free(lmc_keyset *ks);
 
-/* Decode a stored key encoding back to the Python key (may run pickle). */
-PyObject *lmc_key_decode(lmc_state *st, const char *p, size_t n);
+/* Decode a stored key encoding back to the Python key (may run pickle, only
+ * under the pickle serializer). */
+PyObject *lmc_key_decode(const lmc_codec *c, const char *p, size_t n);
 
 typedef struct {
-    unsigned char head[LMC_HEADER_SIZE + 8 + 8 + 4];
+    unsigned char head[LMC_HEADER_SIZE + LMC_MAC_SIZE + 8 + 8 + 4];
     size_t head_len;
     size_t seq_off;         /* offset of the sequence number, 0 = none */
     const char *key;        /* full key (long keys only) */
@@ -442,22 +513,26 @@ typedef struct {
     unsigned char num[8];   /* payload storage for int/float */
 } lmc_value;
 
-/* Encode value (pickling when needed).  full_key: non-NULL for long keys.
- * Errors from pickling propagate unchanged.  lmc_value_clear after success. */
-int lmc_value_encode(lmc_state *st, PyObject *value, const lmc_kref *key,
+/* Encode value with c's serializer (and compressor).  Errors from pickling
+ * propagate unchanged; another serializer's are TypeError.  lmc_value_clear
+ * after success. */
+int lmc_value_encode(const lmc_codec *c, PyObject *value, const lmc_kref *key,
                      double expires, int with_seq, lmc_value *out);
-/* Fill in the header of out (tag, expiry, room for a sequence number, long
- * key).  Touches no Python object state: callable without the GIL. */
-void lmc_value_head(lmc_value *out, int tag, double expires, int with_seq, const lmc_kref *key);
+/* Fill in the header of out (tag, flags LMC_FLAG_MAC / LMC_FLAG_ZSTD from
+ * extra, expiry, room for a sequence number, long key).  Touches no Python
+ * object state: callable without the GIL. */
+void lmc_value_head(lmc_value *out, int tag, int extra, double expires, int with_seq,
+                    const lmc_kref *key);
 static inline void lmc_value_clear(lmc_value *v) { Py_CLEAR(v->owner); }
 static inline size_t lmc_value_size(const lmc_value *v)
 {
     return v->head_len + v->key_len + v->data_len;
 }
 /* Write the encoded record into dst (lmc_value_size bytes), with the sequence
- * number when the value has room for one.  No GIL needed. */
+ * number when the value has room for one, and its MAC when the header has
+ * LMC_FLAG_MAC (mac must then be non-NULL).  No GIL needed. */
 void lmc_value_write(const lmc_value *v, char *dst, uint64_t seq, const char *dbname,
-                     const MDB_val *key);
+                     const MDB_val *key, const lmc_mac *mac);
 
 /* A parsed record, pointing into LMDB memory (valid while the txn lives). */
 typedef struct {
@@ -474,10 +549,13 @@ typedef struct {
 /* Validate and parse without the GIL: NULL, or why the bytes are bad.  Does
  * not verify the checksum (lmc_record_check does). */
 const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec);
-/* Parse and verify the checksum of the record stored under key in dbname. */
+/* Parse and verify the checksum of the record stored under key in dbname,
+ * and with a mac (a signed cache) its MAC: an unsigned record then fails. */
 const char *lmc_record_check(const char *dbname, const MDB_val *key, const char *p, size_t n,
-                             lmc_record *rec);
+                             lmc_record *rec, const lmc_mac *mac);
 uint32_t lmc_record_sum(const char *dbname, const MDB_val *key, const char *p, size_t n);
+void lmc_record_mac(const lmc_mac *mac, const char *dbname, const MDB_val *key, const char *p,
+                    size_t n, unsigned char *out);
 /* CRC32C (crc32c.c): SSE4.2 / ARMv8 instructions when present. */
 uint32_t lmc_crc32c(uint32_t crc, const void *p, size_t n);
 
@@ -498,12 +576,15 @@ int lmc_record_parse(lmc_state *st, const char *p, size_t n, lmc_record *rec,
                      const char *path);
 /* Does the record belong to key (long keys are checked against the full key)? */
 int lmc_record_matches(const lmc_record *rec, const lmc_kref *key);
-/* Phase 1, under the txn: native values become objects; pickled payloads are
- * copied to a bytes object.  *pickled is set to 1 in the latter case.  Runs
- * no Python code. */
-PyObject *lmc_record_take(const lmc_record *rec, int *pickled);
-/* Phase 2, after the txn ended: unpickle a copied payload (steals ref). */
-PyObject *lmc_value_finish(lmc_state *st, PyObject *obj, int pickled, const char *path);
+/* Phase 1, under the txn: native values become objects; serialized or
+ * compressed payloads are copied to a bytes object, and *pending is set to
+ * the record's tag (| LMC_PENDING_ZSTD when compressed); else 0.  Runs no
+ * Python code. */
+#define LMC_PENDING_ZSTD 0x100
+PyObject *lmc_record_take(const lmc_record *rec, int *pending);
+/* Phase 2, after the txn ended: decompress and decode a copied payload
+ * (steals ref). */
+PyObject *lmc_value_finish(const lmc_codec *c, PyObject *obj, int pending, const char *path);
 
 /* ---- store (store.c, batch.c, iter.c, rmw.c, args.c) ----------------------------------------- */
 
@@ -519,6 +600,8 @@ typedef struct {
     char *boot_id;    /* this boot, or NULL */
     double ttl;       /* default time-to-live in seconds, 0 = none */
     lmc_options opt;
+    lmc_codec codec;
+    lmc_mac mac;      /* from secret=; opt.mac points here when given */
     unsigned long long hits, misses, sets, deletes, evictions, expirations;
     PyObject *miss_hook; /* remote tier: called as hook(key) on a local miss by
                             [], get and in; returns (value,) or None */

@@ -268,14 +268,23 @@ static int add_problem(PyObject *problems, PyObject *raw, const char *why, PyObj
     return 0;
 }
 
+static int list_append_int(PyObject *list, int v)
+{
+    PyObject *o = PyLong_FromLong(v);
+    int rc = o == NULL ? -1 : PyList_Append(list, o);
+    Py_XDECREF(o);
+    return rc;
+}
+
 /* Walk up to `limit` records of dbi (LMDB sub-database dbname) after the raw
  * key `after` (None: from the first), checking each record (bounds, format,
  * checksum) and decoding each key and value.  Returns a dict: records, expired,
  * bytes, problems [(raw key, reason, exception or None)], last (raw key or
  * None), done. */
-static PyObject *maint_scan(lmc_state *st, lmc_env *e, MDB_dbi dbi, const char *dbname,
+static PyObject *maint_scan(StoreObject *self, lmc_env *e, MDB_dbi dbi, const char *dbname,
                             PyObject *after, Py_ssize_t limit)
 {
+    lmc_state *st = self->state;
     MDB_txn *txn = NULL;
     MDB_cursor *cur = NULL;
     MDB_val k, v;
@@ -322,7 +331,7 @@ static PyObject *maint_scan(lmc_state *st, lmc_env *e, MDB_dbi dbi, const char *
     for (; rc == 0 && records < limit; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         PyObject *raw = PyBytes_FromStringAndSize(k.mv_data, (Py_ssize_t)k.mv_size);
         PyObject *full, *val;
-        int pickled = 0;
+        int pending = 0;
 
         if (raw == NULL)
             goto error;
@@ -332,7 +341,7 @@ static PyObject *maint_scan(lmc_state *st, lmc_env *e, MDB_dbi dbi, const char *
         if (!lmc_record_in_file(e, txn, v.mv_data, v.mv_size))
             why = "the record lies outside the data file";
         else
-            why = lmc_record_check(dbname, &k, v.mv_data, v.mv_size, &rec);
+            why = lmc_record_check(dbname, &k, v.mv_data, v.mv_size, &rec, lmc_env_mac(e));
         if (why != NULL) {
             if (add_problem(problems, raw, why, NULL) < 0)
                 goto error;
@@ -346,7 +355,7 @@ static PyObject *maint_scan(lmc_state *st, lmc_env *e, MDB_dbi dbi, const char *
             full = Py_NewRef(raw);
         if (full == NULL)
             goto error;
-        val = lmc_record_take(&rec, &pickled);
+        val = lmc_record_take(&rec, &pending);
         if (val == NULL) {
             Py_DECREF(full);
             if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
@@ -357,7 +366,7 @@ static PyObject *maint_scan(lmc_state *st, lmc_env *e, MDB_dbi dbi, const char *
             continue;
         }
         if (PyList_Append(raws, raw) < 0 || PyList_Append(fulls, full) < 0 ||
-            PyList_Append(vals, val) < 0 || PyList_Append(kinds, pickled ? Py_True : Py_False) < 0) {
+            PyList_Append(vals, val) < 0 || list_append_int(kinds, pending) < 0) {
             Py_DECREF(full);
             Py_DECREF(val);
             goto error;
@@ -377,7 +386,8 @@ static PyObject *maint_scan(lmc_state *st, lmc_env *e, MDB_dbi dbi, const char *
     n = PyList_GET_SIZE(raws);
     for (i = 0; i < n; i++) {
         PyObject *full = PyList_GET_ITEM(fulls, i), *obj;
-        obj = lmc_key_decode(st, PyBytes_AS_STRING(full), (size_t)PyBytes_GET_SIZE(full));
+        obj = lmc_key_decode(&self->codec, PyBytes_AS_STRING(full),
+                             (size_t)PyBytes_GET_SIZE(full));
         if (obj == NULL) {
             PyObject *exc;
             if (!PyErr_ExceptionMatches(PyExc_Exception))
@@ -390,14 +400,14 @@ static PyObject *maint_scan(lmc_state *st, lmc_env *e, MDB_dbi dbi, const char *
             continue;
         }
         Py_DECREF(obj);
-        obj = lmc_value_finish(st, Py_NewRef(PyList_GET_ITEM(vals, i)),
-                               PyList_GET_ITEM(kinds, i) == Py_True, e->path);
+        obj = lmc_value_finish(&self->codec, Py_NewRef(PyList_GET_ITEM(vals, i)),
+                               (int)PyLong_AsLong(PyList_GET_ITEM(kinds, i)), e->path);
         if (obj == NULL) {
             PyObject *exc;
             if (!PyErr_ExceptionMatches(PyExc_Exception))
                 goto error;
             exc = take_exception();
-            rc = add_problem(problems, PyList_GET_ITEM(raws, i), "value cannot be unpickled", exc);
+            rc = add_problem(problems, PyList_GET_ITEM(raws, i), "value cannot be decoded", exc);
             Py_XDECREF(exc);
             if (rc < 0)
                 goto error;
@@ -451,7 +461,7 @@ PyObject *lmc_store_maint(StoreObject *self, PyObject *const *args, Py_ssize_t n
         if (limit < 1 && !PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "limit must be at least 1");
         if (!PyErr_Occurred())
-            res = maint_scan(self->state, e, dbi, self->dbname, args[1], limit);
+            res = maint_scan(self, e, dbi, self->dbname, args[1], limit);
     }
     else {
         PyErr_Format(PyExc_ValueError, "unknown maintenance operation %R with %zd arguments",

@@ -27,7 +27,7 @@ static void lmc_atfork_child(void)
  * codes, the message.  Other errnos become the matching OSError subclass. */
 
 enum { EXC_ERROR, EXC_MAPFULL, EXC_READONLY, EXC_CORRUPT, EXC_LOCK, EXC_FORMAT, EXC_UNSAFE,
-       EXC_N };
+       EXC_SECRET, EXC_N };
 
 static const struct {
     const char *name;
@@ -49,6 +49,10 @@ static const struct {
                     "refused, since whoever can write the cache can run code in this process "
                     "through pickle.  Cache(path, allow_shared=True) opts in.",
                     EXC_ERROR, 1},
+    [EXC_SECRET] = {"SecretError",
+                    "The cache is signed and no secret, or another secret, was given; or "
+                    "secret= was given for a cache written without one.",
+                    EXC_ERROR, 1},
 };
 
 static PyObject **exc_slot(lmc_state *st, int exc)
@@ -60,6 +64,7 @@ static PyObject **exc_slot(lmc_state *st, int exc)
     case EXC_LOCK: return &st->LockError;
     case EXC_FORMAT: return &st->FormatError;
     case EXC_UNSAFE: return &st->UnsafeCacheError;
+    case EXC_SECRET: return &st->SecretError;
     default: return &st->Error;
     }
 }
@@ -317,6 +322,7 @@ static int module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->LockError);
     Py_VISIT(st->FormatError);
     Py_VISIT(st->UnsafeCacheError);
+    Py_VISIT(st->SecretError);
     Py_VISIT(st->pickle_dumps);
     Py_VISIT(st->pickle_loads);
     Py_VISIT(st->UnpicklingError);
@@ -338,6 +344,7 @@ static int module_clear(PyObject *mod)
     Py_CLEAR(st->LockError);
     Py_CLEAR(st->FormatError);
     Py_CLEAR(st->UnsafeCacheError);
+    Py_CLEAR(st->SecretError);
     Py_CLEAR(st->pickle_dumps);
     Py_CLEAR(st->pickle_loads);
     Py_CLEAR(st->UnpicklingError);

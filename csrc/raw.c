@@ -4,15 +4,15 @@
  * the local tier stores, so moving a value between tiers never pickles.
  *
  * A record on the wire is in canonical form: no sequence number, and its
- * CRC32C computed over the default namespace's name ("") + the key encoding +
- * the record.  The wire key (prefix + namespace + key encoding) carries the
- * namespace, so the canonical checksum still ties the bytes to one key.
+ * CRC32C (and with a secret its MAC) computed over the user's namespace name
+ * (Store.namespace, "" for the default) + the key encoding + the record, so
+ * the bytes belong to one key of one namespace on every machine.
  * Locally the record is re-headed for the Store's own sub-database (whose
  * name may carry a generation) and, with eviction, given a sequence number:
  * the sequence number lives inside the record under the checksum, so the
  * simplest correct way is to rebuild the header with lmc_value_head and write
  * header + payload with lmc_value_write (a memcpy of the payload and one
- * CRC32C; no Python object is created or pickled).
+ * CRC32C, plus a MAC when signed; no Python object is created or pickled).
  *
  * Every method follows THE RULE (lmc_store_enter / lmc_store_leave).
  */
@@ -22,16 +22,17 @@
 #include <string.h>
 
 /* A record parsed from bytes: the value to rebuild from it. */
-static void raw_value_from(lmc_value *v, const lmc_record *rec, double expires, int with_seq,
-                           const lmc_kref *key)
+static void raw_value_from(lmc_value *v, const lmc_record *rec, const lmc_env *e,
+                           double expires, int with_seq, const lmc_kref *key)
 {
+    int extra = (rec->flags & LMC_FLAG_ZSTD) | (e->is_signed ? LMC_FLAG_MAC : 0);
     lmc_kref k = *key;
     /* a long key's full encoding travels in the record (checked to match) */
     if (rec->key != NULL) {
         k.full_data = rec->key;
         k.full_len = rec->key_len;
     }
-    lmc_value_head(v, rec->tag, expires, with_seq, &k);
+    lmc_value_head(v, rec->tag, extra, expires, with_seq, &k);
     v->data = rec->data;
     v->data_len = rec->data_len;
     v->owner = NULL;
@@ -54,7 +55,7 @@ PyObject *lmc_store_get_raw(StoreObject *self, PyObject *key)
 
     if ((e = lmc_store_enter(self, &dbi)) == NULL)
         return NULL;
-    if (lmc_key_encode(st, key, &k) < 0)
+    if (lmc_key_encode(&self->codec, key, &k) < 0)
         goto leave;
     rc = lmc_read_begin(e, &txn);
     if (rc != 0) {
@@ -64,10 +65,11 @@ PyObject *lmc_store_get_raw(StoreObject *self, PyObject *key)
     rc = lmc_lookup(e, txn, dbi, self->dbname, &k.r, &rec, &status, &why);
     if (rc == 0 && status == LMC_LIVE) {
         expires = (rec.flags & LMC_FLAG_EXPIRES) ? rec.expires : 0;
-        raw_value_from(&v, &rec, expires, 0, &k.r);
+        raw_value_from(&v, &rec, e, expires, 0, &k.r);
         bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)lmc_value_size(&v));
         if (bytes != NULL)
-            lmc_value_write(&v, PyBytes_AS_STRING(bytes), 0, "", &k.r.val);
+            lmc_value_write(&v, PyBytes_AS_STRING(bytes), 0, self->ns, &k.r.val,
+                            lmc_env_mac(e));
     }
     lmc_read_end(e, txn);
     if (rc != 0)
@@ -107,7 +109,7 @@ static int raw_put_fn(MDB_txn *txn, lmc_env *e, void *arg)
         return rc;
     if (evicts)
         seq = lmc_evict_next_seq(e, txn);
-    lmc_value_write(a->val, v.mv_data, seq, a->dbname, &a->key->val);
+    lmc_value_write(a->val, v.mv_data, seq, a->dbname, &a->key->val, lmc_env_mac(e));
     if (evicts)
         rc = lmc_evict_note(txn, e, a->dbname, &a->key->val, seq);
     return rc;
@@ -129,7 +131,7 @@ PyObject *lmc_store_put_raw(StoreObject *self, PyObject *const *args, Py_ssize_t
     const char *why;
     PyObject *obj = NULL;
     double expires = -1;
-    int store = 1, rc, pickled = 0;
+    int store = 1, rc, pending = 0;
     lmc_evict_counts counts = {0, 0};
 
     if (nargs < 2 || nargs > 4) {
@@ -149,11 +151,11 @@ PyObject *lmc_store_put_raw(StoreObject *self, PyObject *const *args, Py_ssize_t
     }
     if ((e = lmc_store_enter(self, &dbi)) == NULL)
         return NULL;
-    if (lmc_key_encode(st, args[0], &k) < 0)
+    if (lmc_key_encode(&self->codec, args[0], &k) < 0)
         goto leave;
     if (PyObject_GetBuffer(args[1], &buf, PyBUF_SIMPLE) < 0)
         goto clear;
-    why = lmc_record_check("", &k.r.val, buf.buf, (size_t)buf.len, &rec);
+    why = lmc_record_check(self->ns, &k.r.val, buf.buf, (size_t)buf.len, &rec, lmc_env_mac(e));
     if (why == NULL && !lmc_record_matches(&rec, &k.r))
         why = "the record belongs to another key";
     if (why != NULL) {
@@ -172,7 +174,7 @@ PyObject *lmc_store_put_raw(StoreObject *self, PyObject *const *args, Py_ssize_t
     }
     if (store && !self->opt.readonly) {
         raw_put_arg a;
-        raw_value_from(&v, &rec, expires, lmc_env_evicts(e), &k.r);
+        raw_value_from(&v, &rec, e, expires, lmc_env_evicts(e), &k.r);
         a.dbi = dbi;
         a.dbname = self->dbname;
         a.key = &k.r;
@@ -192,11 +194,11 @@ PyObject *lmc_store_put_raw(StoreObject *self, PyObject *const *args, Py_ssize_t
         lmc_store_leave(e);
         Py_RETURN_NONE;
     }
-    obj = lmc_record_take(&rec, &pickled);
+    obj = lmc_record_take(&rec, &pending);
     PyBuffer_Release(&buf);
     lmc_key_clear(&k);
     lmc_store_leave(e);
-    return obj == NULL ? NULL : lmc_value_finish(st, obj, pickled, self->path);
+    return obj == NULL ? NULL : lmc_value_finish(&self->codec, obj, pending, self->path);
 release:
     PyBuffer_Release(&buf);
 clear:
@@ -211,7 +213,6 @@ leave:
  * write that goes to the shared server before the local tier. */
 PyObject *lmc_store_encode_raw(StoreObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    lmc_state *st = self->state;
     lmc_env *e;
     lmc_key k;
     lmc_value v;
@@ -227,13 +228,13 @@ PyObject *lmc_store_encode_raw(StoreObject *self, PyObject *const *args, Py_ssiz
         return NULL;
     if (lmc_parse_ttl(self, nargs == 3 ? args[2] : Py_None, &expires) < 0)
         goto leave;
-    if (lmc_key_encode(st, args[0], &k) < 0)
+    if (lmc_key_encode(&self->codec, args[0], &k) < 0)
         goto leave;
-    if (lmc_value_encode(st, args[1], &k.r, expires, 0, &v) < 0)
+    if (lmc_value_encode(&self->codec, args[1], &k.r, expires, 0, &v) < 0)
         goto clear;
     bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)lmc_value_size(&v));
     if (bytes != NULL) {
-        lmc_value_write(&v, PyBytes_AS_STRING(bytes), 0, "", &k.r.val);
+        lmc_value_write(&v, PyBytes_AS_STRING(bytes), 0, self->ns, &k.r.val, lmc_env_mac(e));
         result = Py_BuildValue("(y#Nd)", (const char *)k.r.val.mv_data,
                                (Py_ssize_t)k.r.val.mv_size, bytes, expires);
     }
@@ -255,7 +256,7 @@ PyObject *lmc_store_key_raw(StoreObject *self, PyObject *key)
 
     if ((e = lmc_store_enter(self, &dbi)) == NULL)
         return NULL;
-    if (lmc_key_encode(self->state, key, &k) == 0) {
+    if (lmc_key_encode(&self->codec, key, &k) == 0) {
         result = PyBytes_FromStringAndSize(k.r.val.mv_data, (Py_ssize_t)k.r.val.mv_size);
         lmc_key_clear(&k);
     }

@@ -38,6 +38,24 @@ uint32_t lmc_record_sum(const char *dbname, const MDB_val *key, const char *p, s
     return lmc_crc32c(crc, p + LMC_SUM_OFF + 4, n - LMC_SUM_OFF - 4);
 }
 
+/* The record MAC (a signed cache): keyed BLAKE2b-128 over what the checksum
+ * covers, minus the checksum and the MAC fields.  The record must have the
+ * MAC field (n >= LMC_MAC_OFF + LMC_MAC_SIZE). */
+void lmc_record_mac(const lmc_mac *mac, const char *dbname, const MDB_val *key, const char *p,
+                    size_t n, unsigned char *out)
+{
+    lmc_blake2b s = mac->keyed;
+    uint32_t dl = (uint32_t)strlen(dbname), kl = (uint32_t)key->mv_size;
+
+    lmc_blake2b_update(&s, &dl, 4);
+    lmc_blake2b_update(&s, dbname, dl);
+    lmc_blake2b_update(&s, &kl, 4);
+    lmc_blake2b_update(&s, key->mv_data, kl);
+    lmc_blake2b_update(&s, p, LMC_SUM_OFF);
+    lmc_blake2b_update(&s, p + LMC_MAC_OFF + LMC_MAC_SIZE, n - LMC_MAC_OFF - LMC_MAC_SIZE);
+    lmc_blake2b_final(&s, out);
+}
+
 const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec)
 {
     size_t off = LMC_HEADER_SIZE;
@@ -63,6 +81,11 @@ const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec)
     rec->key_len = 0;
     if (LMC_UNLIKELY(rec->flags & ~LMC_KNOWN_FLAGS))
         return "unknown record flags";
+    if (rec->flags & LMC_FLAG_MAC) {
+        if (n - off < LMC_MAC_SIZE)
+            return "truncated MAC";
+        off += LMC_MAC_SIZE;
+    }
     if (rec->flags & LMC_FLAG_EXPIRES) {
         if (n - off < 8)
             return "truncated expiry";
@@ -88,6 +111,19 @@ const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec)
     }
     rec->data = p + off;
     rec->data_len = n - off;
+    if (rec->flags & LMC_FLAG_ZSTD) {
+        switch (rec->tag) {
+        case LMC_VAL_BYTES:
+        case LMC_VAL_STR:
+        case LMC_VAL_PICKLE:
+        case LMC_VAL_JSON:
+        case LMC_VAL_MSGPACK:
+        case LMC_VAL_CUSTOM:
+            return rec->data_len != 0 ? NULL : "empty compressed payload";
+        default:
+            return "a compressed constant or number";
+        }
+    }
     switch (rec->tag) {
     case LMC_VAL_NONE:
     case LMC_VAL_TRUE:
@@ -101,6 +137,10 @@ const char *lmc_record_parse_raw(const char *p, size_t n, lmc_record *rec)
         return NULL;
     case LMC_VAL_PICKLE:
         return rec->data_len != 0 ? NULL : "empty pickle";
+    case LMC_VAL_JSON:
+    case LMC_VAL_MSGPACK:
+    case LMC_VAL_CUSTOM:
+        return NULL;
     default:
         return "unknown value type tag";
     }
@@ -147,7 +187,7 @@ int lmc_lookup(lmc_env *e, MDB_txn *txn, MDB_dbi dbi, const char *dbname, const 
     if (LMC_UNLIKELY(!lmc_record_in_file(e, txn, v.mv_data, v.mv_size)))
         *why = "the record lies outside the data file";
     else
-        *why = lmc_record_check(dbname, &key->val, v.mv_data, v.mv_size, rec);
+        *why = lmc_record_check(dbname, &key->val, v.mv_data, v.mv_size, rec, lmc_env_mac(e));
     if (LMC_UNLIKELY(*why != NULL))
         *status = LMC_CORRUPT;
     else if (LMC_UNLIKELY(!lmc_record_matches(rec, key)))
@@ -160,15 +200,28 @@ int lmc_lookup(lmc_env *e, MDB_txn *txn, MDB_dbi dbi, const char *dbname, const 
 }
 
 const char *lmc_record_check(const char *dbname, const MDB_val *key, const char *p, size_t n,
-                             lmc_record *rec)
+                             lmc_record *rec, const lmc_mac *mac)
 {
     uint32_t sum;
+    unsigned char tag[LMC_MAC_SIZE], diff = 0;
     const char *why = lmc_record_parse_raw(p, n, rec);
+    size_t i;
+
     if (why != NULL)
         return why;
     memcpy(&sum, p + LMC_SUM_OFF, 4);
     if (LMC_UNLIKELY(sum != lmc_record_sum(dbname, key, p, n)))
         return "checksum mismatch";
+    if (mac == NULL)
+        return NULL;
+    if (LMC_UNLIKELY(!(rec->flags & LMC_FLAG_MAC)))
+        return "the record is not signed (written without the secret, or forged)";
+    lmc_record_mac(mac, dbname, key, p, n, tag);
+    for (i = 0; i < LMC_MAC_SIZE; i++) /* no early exit: time says nothing */
+        diff |= (unsigned char)(tag[i] ^ (unsigned char)p[LMC_MAC_OFF + i]);
+    if (LMC_UNLIKELY(diff != 0))
+        return "MAC mismatch: the record was not written with this secret (tampered, forged "
+               "or moved from another key)";
     return NULL;
 }
 

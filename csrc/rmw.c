@@ -19,7 +19,7 @@ static int store_rmw(StoreObject *self, PyObject *key, lmc_write_fn fn, lmc_rmw_
 
     if (lmc_store_check_writable(self) < 0 || (e = lmc_store_enter(self, &dbi)) == NULL)
         return -1;
-    if (lmc_key_encode(self->state, key, &k) < 0)
+    if (lmc_key_encode(&self->codec, key, &k) < 0)
         goto leave;
     a->dbi = dbi;
     a->dbname = self->dbname;

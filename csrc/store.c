@@ -123,8 +123,12 @@ static int store_init(StoreObject *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"path",     "map_size",        "size_limit",  "readonly",
                              "sync",     "max_readers",     "namespace",   "ttl",
                              "eviction_policy", "boot_id",  "timeout",     "on_incompatible",
-                             "readahead", "allow_shared", NULL};
-    PyObject *path = NULL;
+                             "readahead", "allow_shared", "secret", "serializer", "dumps",
+                             "loads", "compress", "decompress", "compress_threshold", NULL};
+    PyObject *path = NULL, *secret = Py_None, *dumps = Py_None, *loads = Py_None;
+    PyObject *compress = Py_None, *decompress = Py_None;
+    Py_ssize_t threshold = 4096;
+    int kind = LMC_SER_PICKLE, i;
     Py_ssize_t map_size = (Py_ssize_t)1 << 30, size_limit = 0;
     int readonly = 0, sync = 0, policy = LMC_POLICY_LRS, readahead = 0, allow_shared = 0;
     unsigned int max_readers = 1024;
@@ -135,12 +139,20 @@ static int store_init(StoreObject *self, PyObject *args, PyObject *kwds)
     MDB_dbi dbi;
     size_t n;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|$nnppIsdizdspp:Store", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|$nnppIsdizdsppOiOOOOn:Store", kwlist,
                                      PyUnicode_FSConverter, &path, &map_size, &size_limit,
                                      &readonly, &sync, &max_readers, &ns, &ttl, &policy,
                                      &boot_id, &timeout, &on_incompatible, &readahead,
-                                     &allow_shared))
+                                     &allow_shared, &secret, &kind, &dumps, &loads, &compress,
+                                     &decompress, &threshold))
         return -1;
+    if (kind < LMC_SER_PICKLE || kind > LMC_SER_CUSTOM || threshold < 0 ||
+        (kind != LMC_SER_PICKLE && !PyCallable_Check(dumps)) ||
+        (loads != Py_None && (!PyTuple_Check(loads) || PyTuple_GET_SIZE(loads) != 4)) ||
+        (secret != Py_None && (!PyBytes_Check(secret) || PyBytes_GET_SIZE(secret) == 0))) {
+        PyErr_SetString(PyExc_ValueError, "invalid Store codec option");
+        goto error;
+    }
     if (map_size <= 0 || size_limit < 0 || max_readers == 0 || ttl < 0 ||
         policy < LMC_POLICY_NONE || policy > LMC_POLICY_LRU || !(timeout >= 0) ||
         (strcmp(on_incompatible, "raise") != 0 && strcmp(on_incompatible, "reset") != 0)) {
@@ -191,6 +203,23 @@ static int store_init(StoreObject *self, PyObject *args, PyObject *kwds)
     self->opt.reset_incompatible = strcmp(on_incompatible, "reset") == 0;
     self->opt.readahead = readahead;
     self->opt.allow_shared = allow_shared;
+    self->opt.mac = NULL;
+    self->codec.sign = 0;
+    if (secret != Py_None) {
+        lmc_mac_init(&self->mac, PyBytes_AS_STRING(secret), (size_t)PyBytes_GET_SIZE(secret));
+        self->opt.mac = &self->mac;
+        self->codec.sign = 1;
+    }
+    self->codec.st = self->state;
+    self->codec.kind = kind;
+    Py_XSETREF(self->codec.dumps, kind == LMC_SER_PICKLE ? NULL : Py_NewRef(dumps));
+    for (i = 0; i < 4; i++) {
+        PyObject *f = loads == Py_None ? Py_None : PyTuple_GET_ITEM(loads, i);
+        Py_XSETREF(self->codec.loads[i], f == Py_None ? NULL : Py_NewRef(f));
+    }
+    Py_XSETREF(self->codec.compress, compress == Py_None ? NULL : Py_NewRef(compress));
+    Py_XSETREF(self->codec.decompress, decompress == Py_None ? NULL : Py_NewRef(decompress));
+    self->codec.threshold = (size_t)threshold;
     old = store_reopen(self, &dbi);
     if (old == NULL)
         return -1;
@@ -220,13 +249,39 @@ static PyObject *store_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     self->state = PyModule_GetState(mod);
+    self->codec.st = self->state;
     return (PyObject *)self;
 }
 
 static int store_traverse(StoreObject *self, visitproc visit, void *arg)
 {
+    int i;
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->miss_hook);
+    Py_VISIT(self->codec.dumps);
+    for (i = 0; i < 4; i++)
+        Py_VISIT(self->codec.loads[i]);
+    Py_VISIT(self->codec.compress);
+    Py_VISIT(self->codec.decompress);
+    return 0;
+}
+
+static void store_clear_codec(StoreObject *self)
+{
+    int i;
+    Py_CLEAR(self->codec.dumps);
+    for (i = 0; i < 4; i++)
+        Py_CLEAR(self->codec.loads[i]);
+    Py_CLEAR(self->codec.compress);
+    Py_CLEAR(self->codec.decompress);
+}
+
+/* Breaks cycles through the codec (a serializer object that refers back to
+ * its cache) or the miss hook.  A Store so cleared refuses to serialize. */
+static int store_tp_clear(StoreObject *self)
+{
+    Py_CLEAR(self->miss_hook);
+    store_clear_codec(self);
     return 0;
 }
 
@@ -236,6 +291,8 @@ static void store_dealloc(StoreObject *self)
     lmc_env *e = self->env;
     PyObject_GC_UnTrack(self);
     Py_CLEAR(self->miss_hook);
+    store_clear_codec(self);
+    memset(&self->mac, 0, sizeof(self->mac));
     self->env = NULL;
     if (e != NULL)
         lmc_env_release(e);
@@ -281,12 +338,12 @@ static PyObject *store_lookup(StoreObject *self, PyObject *key)
     MDB_dbi dbi;
     const char *why;
     PyObject *obj = NULL;
-    int rc, status, pickled = 0;
+    int rc, status, pending = 0;
 
     e = lmc_store_enter(self, &dbi);
     if (LMC_UNLIKELY(e == NULL))
         return NULL;
-    if (LMC_UNLIKELY(lmc_key_encode(st, key, &k) < 0))
+    if (LMC_UNLIKELY(lmc_key_encode(&self->codec, key, &k) < 0))
         goto leave;
     rc = lmc_read_begin(e, &txn);
     if (LMC_UNLIKELY(rc != 0)) {
@@ -295,7 +352,7 @@ static PyObject *store_lookup(StoreObject *self, PyObject *key)
     }
     rc = lmc_lookup(e, txn, dbi, self->dbname, &k.r, &rec, &status, &why);
     if (LMC_LIKELY(rc == 0 && status == LMC_LIVE))
-        obj = lmc_record_take(&rec, &pickled); /* NULL: invalid UTF-8 */
+        obj = lmc_record_take(&rec, &pending); /* NULL: invalid UTF-8 */
     lmc_read_end(e, txn);
     if (LMC_UNLIKELY(rc != 0)) {
         lmc_raise_env(st, rc, "read", e);
@@ -304,7 +361,7 @@ static PyObject *store_lookup(StoreObject *self, PyObject *key)
         self->hits++;
         if (LMC_UNLIKELY(e->policy == LMC_POLICY_LRU) && lmc_env_evicts(e) && obj != NULL)
             store_note_use(self, e, &k.r);
-        obj = lmc_value_finish(st, obj, pickled, e->path);
+        obj = lmc_value_finish(&self->codec, obj, pending, e->path);
     }
     else if (status == LMC_CORRUPT) {
         PyErr_Format(st->CorruptError, "corrupt record in '%s': %s", e->path, why);
@@ -393,7 +450,7 @@ static int store_contains(StoreObject *self, PyObject *key)
 
     if ((e = lmc_store_enter(self, &dbi)) == NULL)
         return -1;
-    if (lmc_key_encode(st, key, &k) < 0)
+    if (lmc_key_encode(&self->codec, key, &k) < 0)
         goto leave;
     rc = lmc_read_begin(e, &txn);
     if (rc == 0) {
@@ -460,12 +517,12 @@ int lmc_store_put(StoreObject *self, PyObject *const *keys, PyObject *const *val
         return -1;
     with_seq = lmc_env_evicts(e);
     if (n == 1) {
-        if (lmc_key_encode(st, keys[0], &one) < 0)
+        if (lmc_key_encode(&self->codec, keys[0], &one) < 0)
             goto leave;
         refs = &one.r;
     }
     else {
-        if (lmc_keyset_build(st, keys, n, &ks) < 0)
+        if (lmc_keyset_build(&self->codec, keys, n, &ks) < 0)
             goto leave;
         refs = ks.refs;
         vs = PyMem_Malloc((size_t)n * sizeof(*vs));
@@ -475,7 +532,7 @@ int lmc_store_put(StoreObject *self, PyObject *const *keys, PyObject *const *val
         }
     }
     for (nval = 0; nval < n; nval++) {
-        if (lmc_value_encode(st, values[nval], &refs[nval], expires, with_seq, &vs[nval]) < 0)
+        if (lmc_value_encode(&self->codec, values[nval], &refs[nval], expires, with_seq, &vs[nval]) < 0)
             goto done;
         bytes += lmc_value_size(&vs[nval]) + refs[nval].val.mv_size;
     }
@@ -566,12 +623,12 @@ Py_ssize_t lmc_store_remove(StoreObject *self, PyObject *const *keys, Py_ssize_t
     if (lmc_store_check_writable(self) < 0 || (e = lmc_store_enter(self, &dbi)) == NULL)
         return -1;
     if (n == 1) {
-        if (lmc_key_encode(st, keys[0], &one) < 0)
+        if (lmc_key_encode(&self->codec, keys[0], &one) < 0)
             goto leave;
         a.keys = &one.r;
     }
     else {
-        if (lmc_keyset_build(st, keys, n, &ks) < 0)
+        if (lmc_keyset_build(&self->codec, keys, n, &ks) < 0)
             goto leave;
         a.keys = ks.refs;
     }
@@ -643,7 +700,7 @@ static PyObject *store_pop(StoreObject *self, PyObject *const *args, Py_ssize_t 
     size_t old_len = 0;
     PyObject *obj = NULL;
     Py_ssize_t rc;
-    int pickled;
+    int pending;
 
     if (nargs < 1 || nargs > 2) {
         PyErr_SetString(PyExc_TypeError, "pop(key[, default])");
@@ -659,9 +716,9 @@ static PyObject *store_pop(StoreObject *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     if (lmc_record_parse(self->state, old, old_len, &rec, self->path) == 0) {
-        obj = lmc_record_take(&rec, &pickled);
+        obj = lmc_record_take(&rec, &pending);
         free(old);
-        return lmc_value_finish(self->state, obj, pickled, self->path);
+        return lmc_value_finish(&self->codec, obj, pending, self->path);
     }
     free(old);
     return NULL;
@@ -791,6 +848,7 @@ static PyType_Slot store_slots[] = {
     {Py_tp_init, store_init},
     {Py_tp_dealloc, store_dealloc},
     {Py_tp_traverse, store_traverse},
+    {Py_tp_clear, store_tp_clear},
     {Py_tp_iter, lmc_store_iter},
     {Py_tp_methods, store_methods},
     {Py_tp_getset, store_getset},

@@ -45,7 +45,7 @@ static int put_one(MDB_txn *txn, lmc_env *e, lmc_put_arg *a, Py_ssize_t i)
         return rc;
     if (evicts)
         seq = lmc_evict_next_seq(e, txn);
-    lmc_value_write(&a->vals[i], v.mv_data, seq, a->dbname, &a->keys[i].val);
+    lmc_value_write(&a->vals[i], v.mv_data, seq, a->dbname, &a->keys[i].val, lmc_env_mac(e));
     if (evicts)
         rc = lmc_evict_note(txn, e, a->dbname, &a->keys[i].val, seq);
     return rc;
@@ -99,7 +99,8 @@ static int put_batch(MDB_txn *txn, lmc_env *e, lmc_put_arg *a)
             break;
         if (evicts)
             seq = lmc_evict_next_seq(e, txn);
-        lmc_value_write(&a->vals[i], v.mv_data, seq, a->dbname, &a->keys[i].val);
+        lmc_value_write(&a->vals[i], v.mv_data, seq, a->dbname, &a->keys[i].val,
+                        lmc_env_mac(e));
         if (evicts)
             rc = lmc_evict_note(txn, e, a->dbname, &a->keys[i].val, seq);
     }
@@ -211,7 +212,7 @@ int lmc_incr_fn(MDB_txn *txn, lmc_env *e, void *arg)
     val.data = (const char *)val.num;
     val.data_len = 8;
     val.owner = NULL;
-    lmc_value_head(&val, LMC_VAL_INT, expires, evicts, a->key);
+    lmc_value_head(&val, LMC_VAL_INT, e->is_signed ? LMC_FLAG_MAC : 0, expires, evicts, a->key);
     v.mv_size = lmc_value_size(&val);
     v.mv_data = NULL;
     rc = mdb_put(txn, a->dbi, &a->key->val, &v, MDB_RESERVE);
@@ -219,7 +220,7 @@ int lmc_incr_fn(MDB_txn *txn, lmc_env *e, void *arg)
         return rc;
     if (evicts)
         seq = lmc_evict_next_seq(e, txn);
-    lmc_value_write(&val, v.mv_data, seq, a->dbname, &a->key->val);
+    lmc_value_write(&val, v.mv_data, seq, a->dbname, &a->key->val, lmc_env_mac(e));
     return evicts ? lmc_evict_note(txn, e, a->dbname, &a->key->val, seq) : 0;
 }
 
@@ -233,7 +234,6 @@ int lmc_touch_fn(MDB_txn *txn, lmc_env *e, void *arg)
     char *copy;
     uint64_t seq;
     int rc, status;
-    (void)e;
 
     a->found = 0;
     rc = lmc_lookup(e, txn, a->dbi, a->dbname, a->key, &rec, &status, &why);
@@ -252,12 +252,14 @@ int lmc_touch_fn(MDB_txn *txn, lmc_env *e, void *arg)
     val.data = copy;
     val.data_len = rec.data_len;
     val.owner = NULL;
-    lmc_value_head(&val, rec.tag, a->expires, (rec.flags & LMC_FLAG_SEQ) != 0, a->key);
+    lmc_value_head(&val, rec.tag, (rec.flags & LMC_FLAG_ZSTD) | (e->is_signed ? LMC_FLAG_MAC : 0),
+                   a->expires, (rec.flags & LMC_FLAG_SEQ) != 0, a->key);
     v.mv_size = lmc_value_size(&val);
     v.mv_data = NULL;
     rc = mdb_put(txn, a->dbi, &a->key->val, &v, MDB_RESERVE);
     if (rc == 0) {
-        lmc_value_write(&val, v.mv_data, seq, a->dbname, &a->key->val); /* same seq */
+        lmc_value_write(&val, v.mv_data, seq, a->dbname, &a->key->val, /* same seq */
+                        lmc_env_mac(e));
         a->found = 1;
     }
     free(copy);
@@ -282,7 +284,8 @@ int lmc_expire_fn(MDB_txn *txn, lmc_env *e, void *arg)
         return rc;
     rc = mdb_cursor_get(cur, &k, &v, a->is_main ? MDB_SET_RANGE : MDB_FIRST);
     while (rc == 0) {
-        if (lmc_record_check(a->dbname, &k, v.mv_data, v.mv_size, &rec) == NULL &&
+        /* the CRC only: a forged record that says it expired is dropped too */
+        if (lmc_record_check(a->dbname, &k, v.mv_data, v.mv_size, &rec, NULL) == NULL &&
             (rec.flags & LMC_FLAG_EXPIRES) && rec.expires <= now) {
             rc = mdb_cursor_del(cur, 0);
             if (rc != 0)

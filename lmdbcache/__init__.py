@@ -24,6 +24,7 @@ from ._core import (
     LockError,
     MapFullError,
     ReadOnlyError,
+    SecretError,
     UnsafeCacheError,
     lmdb_version,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "LockError",
     "FormatError",
     "UnsafeCacheError",
+    "SecretError",
     "FORMAT_VERSION",
     "lmdb_version",
 ]

@@ -93,6 +93,124 @@ def _check_namespace(name: Any) -> str:
     return name
 
 
+# -- serializers, compression, secret ------------------------------------------------
+# The C core decodes a serialized payload by its record tag with loads[kind]
+# (kind: 0 pickle, 1 json, 2 msgpack, 3 custom; None refuses such records).
+
+_SERIALIZER_KINDS = {"pickle": 0, "json": 1, "msgpack": 2}
+SECRET_ENV = "LMDBCACHE_SECRET"
+
+
+def _lazy_json_loads(data: bytes) -> Any:
+    import json
+
+    return json.loads(data)
+
+
+def _msgpack_codec() -> tuple:
+    """(dumps, loads) of msgspec, else of msgpack; ImportError naming the extra."""
+    try:
+        import msgspec.msgpack as mm
+    except ImportError:
+        pass
+    else:
+        return mm.Encoder().encode, mm.Decoder().decode
+    try:
+        import msgpack
+    except ImportError:
+        raise ImportError(
+            "serializer='msgpack' needs msgspec or msgpack: pip install 'lmdbcache[msgpack]'"
+        ) from None
+    import functools
+
+    return (
+        functools.partial(msgpack.packb, use_bin_type=True),
+        functools.partial(msgpack.unpackb, raw=False, strict_map_key=False),
+    )
+
+
+def _lazy_msgpack_loads(data: bytes) -> Any:
+    try:
+        loads = _msgpack_codec()[1]
+    except ImportError as exc:
+        raise _core.Error(f"a record was written with serializer='msgpack': {exc}") from None
+    return loads(data)
+
+
+def _zstd_decompress(data: bytes) -> bytes:
+    try:
+        import zstandard
+    except ImportError:
+        raise _core.Error(
+            "a record is zstd-compressed and the zstandard package is not installed: "
+            "pip install 'lmdbcache[zstd]'"
+        ) from None
+    return zstandard.decompress(data)
+
+
+def _codec_kwargs(serializer: Any, compress: Any, threshold: Any) -> dict:
+    """The Store arguments for serializer=, compress= and compress_threshold=."""
+    loads: list = [None, _lazy_json_loads, _lazy_msgpack_loads, None]
+    dumps = None
+    if isinstance(serializer, str):
+        if serializer not in _SERIALIZER_KINDS:
+            raise ValueError(
+                "serializer must be 'pickle', 'json', 'msgpack' or an object with dumps and "
+                f"loads, got {serializer!r}"
+            )
+        kind = _SERIALIZER_KINDS[serializer]
+        if serializer == "json":
+            import json
+
+            dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+            loads[1] = json.loads
+        elif serializer == "msgpack":
+            dumps, loads[2] = _msgpack_codec()
+    else:
+        if not callable(getattr(serializer, "dumps", None)) or not callable(
+            getattr(serializer, "loads", None)
+        ):
+            raise TypeError(
+                "serializer must be 'pickle', 'json', 'msgpack' or an object with callable "
+                f"dumps(value) -> bytes and loads(bytes) -> value, not {type(serializer).__name__}"
+            )
+        kind = 3
+        dumps, loads[3] = serializer.dumps, serializer.loads
+    if compress not in (None, "zstd"):
+        raise ValueError(f"compress must be None or 'zstd', got {compress!r}")
+    threshold = _positive_int("compress_threshold", threshold, 0)
+    zc = None
+    if compress == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise ImportError(
+                "compress='zstd' needs the zstandard package: pip install 'lmdbcache[zstd]'"
+            ) from None
+        import functools
+
+        zc = functools.partial(zstandard.compress, level=3)  # a context per call: thread-safe
+    return dict(serializer=kind, dumps=dumps, loads=tuple(loads), compress=zc,
+                decompress=_zstd_decompress, compress_threshold=threshold)
+
+
+def _secret_bytes(secret: Any) -> bytes | None:
+    """secret= as bytes (str: UTF-8), else LMDBCACHE_SECRET from the environment."""
+    if secret is None:
+        env = os.environ.get(SECRET_ENV)
+        if not env:
+            return None
+        secret = env
+    if isinstance(secret, str):
+        secret = secret.encode("utf-8")
+    if not isinstance(secret, (bytes, bytearray, memoryview)):
+        raise TypeError(f"secret must be bytes or str, not {type(secret).__name__}")
+    secret = bytes(secret)
+    if len(secret) < 16:
+        raise ValueError("secret must be at least 16 bytes (use secrets.token_bytes(32))")
+    return secret
+
+
 def boot_id() -> str | None:
     """This boot of the machine, as the durability guard sees it.
 
@@ -241,6 +359,10 @@ class Cache(_core.Store, MutableMapping):
         on_incompatible: str = "raise",
         readahead: bool = False,
         allow_shared: bool = False,
+        secret: bytes | str | None = None,
+        serializer: Any = "pickle",
+        compress: str | None = None,
+        compress_threshold: int = 4096,
     ) -> None:
         if remote is not None and not getattr(self, "_is_remote", False):
             raise TypeError("remote= needs Cache itself (or lmdbcache.remote.RemoteCache)")
@@ -273,6 +395,8 @@ class Cache(_core.Store, MutableMapping):
         if os.path.exists(path) and not os.path.isdir(path):
             raise NotADirectoryError(f"cache path {path!r} exists and is not a directory")
         allow_shared = bool(allow_shared)
+        codec = _codec_kwargs(serializer, compress, compress_threshold)
+        secret_bytes = _secret_bytes(secret)
         if not readonly:
             _makedirs_private(path)
         self._options = {
@@ -288,6 +412,10 @@ class Cache(_core.Store, MutableMapping):
             "on_incompatible": on_incompatible,
             "readahead": readahead,
             "allow_shared": allow_shared,
+            "secret": secret,  # as given: from LMDBCACHE_SECRET, each process reads its own
+            "serializer": serializer,
+            "compress": compress,
+            "compress_threshold": compress_threshold,
         }
         kwargs = dict(
             map_size=map_size,
@@ -303,6 +431,8 @@ class Cache(_core.Store, MutableMapping):
             on_incompatible=on_incompatible,
             readahead=readahead,
             allow_shared=allow_shared,
+            secret=secret_bytes,
+            **codec,
         )
         self._store_kwargs = kwargs
         # The C core runs the torn-file guard (under guard.lock) on every open
@@ -313,8 +443,11 @@ class Cache(_core.Store, MutableMapping):
 
     @property
     def options(self) -> dict:
-        """The options this cache was opened with."""
-        return dict(self._options)
+        """The options this cache was opened with (a secret shows as ``"<hidden>"``)."""
+        options = dict(self._options)
+        if options["secret"] is not None:
+            options["secret"] = "<hidden>"
+        return options
 
     def __repr__(self) -> str:
         ns = self._options["namespace"]

@@ -247,10 +247,23 @@ def _machine() -> str:
     return boot_id() or socket.gethostname()
 
 
+def _holder(pid: int, ident: int, where: str) -> str:
+    """A lease's holder: a str, so every serializer stores it natively."""
+    return f"{pid}:{ident}:{where}"
+
+
+def _holder_pid(holder: Any) -> Any:
+    try:
+        return int(holder.split(":", 1)[0])
+    except (AttributeError, ValueError):
+        return None
+
+
 def _local(holder: Any) -> bool:
     """Was the lease taken on this machine (a lease of another machine is
     reclaimed by its ttl, lease_timeout)?"""
-    return not isinstance(holder, tuple) or len(holder) < 3 or holder[2] == _machine()
+    parts = holder.split(":", 2) if isinstance(holder, str) else ()
+    return len(parts) < 3 or parts[2] == _machine()
 
 
 class _Memoized:
@@ -576,7 +589,7 @@ class _Memoized:
         lease_key = ("l",) + key[1:]
         # the machine too: with remote= the lease is shared by many machines,
         # and a pid says whether its process lives on its own machine only
-        me = (os.getpid(), threading.get_ident(), _machine())
+        me = _holder(os.getpid(), threading.get_ident(), _machine())
         delay = 0.002
         while True:
             if store.add(lease_key, me, ttl=self._lease_timeout):
@@ -591,7 +604,7 @@ class _Memoized:
             if value is not _MISS:
                 return value
             holder = store.get(lease_key)
-            if holder is not None and _local(holder) and not _alive(holder[0]):
+            if holder is not None and _local(holder) and not _alive(_holder_pid(holder)):
                 self._release(lease_key, holder)  # its process is gone: take over
                 continue
             time.sleep(delay)
@@ -603,7 +616,7 @@ class _Memoized:
         store = self._store
         lease_key = ("l",) + key[1:]
         # One lease per task: tasks of one thread must not share a holder.
-        me = (os.getpid(), threading.get_ident(), id(asyncio.current_task()))
+        me = _holder(os.getpid(), threading.get_ident(), f"task-{id(asyncio.current_task())}")
         delay = 0.002
         while True:
             if store.add(lease_key, me, ttl=self._lease_timeout):
@@ -618,13 +631,13 @@ class _Memoized:
             if value is not _MISS:
                 return value
             holder = store.get(lease_key)
-            if holder is not None and not _alive(holder[0]):
+            if holder is not None and not _alive(_holder_pid(holder)):
                 self._release(lease_key, holder)
                 continue
             await asyncio.sleep(delay)  # never blocks the event loop
             delay = min(delay * 1.5, 0.05)
 
-    def _release(self, lease_key: tuple, holder: tuple) -> None:
+    def _release(self, lease_key: tuple, holder: str) -> None:
         store = self._store
         with store.transaction():
             if store.get(lease_key) == holder:

@@ -39,7 +39,7 @@ from .cache import Cache, _Internal, _check_ttl
 _SCHEMES = ("redis", "rediss", "unix")
 _MISS = object()
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
-_RECORD_VERSION = 2
+_RECORD_VERSION = 3
 
 # incr: create with the default when absent, then INCRBY; returns {value, pttl}
 _INCR_LUA = """

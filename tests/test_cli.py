@@ -256,7 +256,7 @@ def damage(path):
             return crc ^ 0xFFFFFFFF
 
         def record(key, tag, payload, dbname=b""):
-            head = bytes([2, ord(tag), 0])  # format 2, tag, no flags
+            head = bytes([3, ord(tag), 0])  # record version 3, tag, no flags
             crc = crc32c(struct.pack("=I", len(dbname)) + dbname
                          + struct.pack("=I", len(key)) + key + head + payload)
             return head + struct.pack("=I", crc) + payload
@@ -284,7 +284,7 @@ def test_verify(path):
     damaged = [line for line in lines if line.startswith("damaged: ")]
     assert len(damaged) == 3
     assert any("b'sbad-header'" in d for d in damaged)
-    assert any("b'sbad-pickle'" in d and "value cannot be unpickled" in d for d in damaged)
+    assert any("b'sbad-pickle'" in d and "value cannot be decoded" in d for d in damaged)
     assert any("key cannot be decoded" in d for d in damaged)
 
 

@@ -105,6 +105,6 @@ def test_a_cache_of_the_previous_format_is_refused_with_a_clear_error(tmp_path):
         meta = env.open_db(b"__meta__", txn=txn)
         txn.put(b"format", b"1", db=meta)
     """)
-    with pytest.raises(lmdbcache.FormatError, match="format 1.*reads format 2"):
+    with pytest.raises(lmdbcache.FormatError, match="format 1.*reads format 3"):
         Cache(path)
-    assert lmdbcache.FORMAT_VERSION == 2
+    assert lmdbcache.FORMAT_VERSION == 3
