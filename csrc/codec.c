@@ -5,7 +5,7 @@
  *   's' str as UTF-8          'b' bytes as they are
  *   'i' int in [-2**63, 2**63) as 8 big-endian bytes with the sign bit flipped
  *       (order-preserving)
- *   'l' any other int, as signed decimal ASCII
+ *   'l' any other int, as signed hexadecimal ASCII ("-0x1f...")
  *   'd' float: its IEEE bits, big-endian, sign-flipped to sort (-0.0 is 0.0)
  *   'k' bool: one byte, 0 or 1          'n' None: nothing
  *   't' tuple: for each item, a LEB128 length then the item's own encoding
@@ -238,7 +238,9 @@ static int encode_float(kbuf *b, double d)
 
 static int encode_bigint(kbuf *b, PyObject *key)
 {
-    PyObject *text = PyLong_Type.tp_repr(key); /* int's own: base 10, even for subclasses */
+    /* base 16: no digit limit (sys.set_int_max_str_digits), and an int
+     * subclass's own __str__/__repr__ is never called */
+    PyObject *text = PyNumber_ToBase(key, 16);
     Py_ssize_t n;
     const char *p;
     int rc;
@@ -519,12 +521,15 @@ static PyObject *decode_one(const lmc_codec *c, const unsigned char *p, size_t n
         return PyLong_FromLongLong((long long)(u ^ ((uint64_t)1 << 63)));
     }
     case LMC_KEY_BIGINT: {
-        char digits[64];
-        if (n < 2 || n - 1 >= sizeof(digits))
+        PyObject *text, *v;
+        if (n < 2)
             goto bad;
-        memcpy(digits, p + 1, n - 1);
-        digits[n - 1] = '\0';
-        return PyLong_FromString(digits, NULL, 10);
+        text = PyUnicode_DecodeASCII((const char *)p + 1, (Py_ssize_t)n - 1, "strict");
+        if (text == NULL)
+            return NULL;
+        v = PyLong_FromUnicodeObject(text, 16);
+        Py_DECREF(text);
+        return v;
     }
     case LMC_KEY_FLOAT: {
         uint64_t u = 0;

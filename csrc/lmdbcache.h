@@ -58,7 +58,7 @@
 #define LMC_KEY_BYTES 'b'
 #define LMC_KEY_FLOAT 'd'   /* 8 bytes, order-preserving; -0.0 stored as 0.0 */
 #define LMC_KEY_BOOL 'k'    /* 1 byte, 0 or 1 */
-#define LMC_KEY_BIGINT 'l'  /* an int outside int64, as signed decimal ASCII */
+#define LMC_KEY_BIGINT 'l'  /* an int outside int64, as signed hexadecimal ASCII */
 #define LMC_KEY_NONE 'n'    /* no payload */
 #define LMC_KEY_DIGEST 'h'
 #define LMC_KEY_FROZENSET 'f'

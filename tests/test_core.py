@@ -779,7 +779,9 @@ def test_pickled_cache_works_on_same_path_with_same_options(tmp_path):
                                    "eviction_policy": "least-recently-stored", "ttl": None,
                                    "namespace": None, "timeout": 60.0,
                                    "on_incompatible": "raise", "readahead": False,
-                                   "allow_shared": False}
+                                   "allow_shared": False, "secret": None,
+                                   "serializer": "pickle", "compress": None,
+                                   "compress_threshold": 4096}
     finally:
         default.close()
 
