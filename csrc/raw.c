@@ -4,9 +4,12 @@
  * the local tier stores, so moving a value between tiers never pickles.
  *
  * A record on the wire is in canonical form: no sequence number, and its
- * CRC32C (and with a secret its MAC) computed over the user's namespace name
- * (Store.namespace, "" for the default) + the key encoding + the record, so
- * the bytes belong to one key of one namespace on every machine.
+ * CRC32C (and with a secret its MAC) computed over the default namespace's
+ * name ("") + the key encoding + the record.  The wire key (prefix +
+ * namespace + key encoding) carries the namespace; the local sub-database
+ * of a namespace changes with the remote generation, so the canonical form
+ * cannot name it (a record can be moved between namespaces on the server,
+ * never between keys).
  * Locally the record is re-headed for the Store's own sub-database (whose
  * name may carry a generation) and, with eviction, given a sequence number:
  * the sequence number lives inside the record under the checksum, so the
@@ -68,7 +71,7 @@ PyObject *lmc_store_get_raw(StoreObject *self, PyObject *key)
         raw_value_from(&v, &rec, e, expires, 0, &k.r);
         bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)lmc_value_size(&v));
         if (bytes != NULL)
-            lmc_value_write(&v, PyBytes_AS_STRING(bytes), 0, self->ns, &k.r.val,
+            lmc_value_write(&v, PyBytes_AS_STRING(bytes), 0, "", &k.r.val,
                             lmc_env_mac(e));
     }
     lmc_read_end(e, txn);
@@ -155,7 +158,7 @@ PyObject *lmc_store_put_raw(StoreObject *self, PyObject *const *args, Py_ssize_t
         goto leave;
     if (PyObject_GetBuffer(args[1], &buf, PyBUF_SIMPLE) < 0)
         goto clear;
-    why = lmc_record_check(self->ns, &k.r.val, buf.buf, (size_t)buf.len, &rec, lmc_env_mac(e));
+    why = lmc_record_check("", &k.r.val, buf.buf, (size_t)buf.len, &rec, lmc_env_mac(e));
     if (why == NULL && !lmc_record_matches(&rec, &k.r))
         why = "the record belongs to another key";
     if (why != NULL) {
@@ -234,7 +237,7 @@ PyObject *lmc_store_encode_raw(StoreObject *self, PyObject *const *args, Py_ssiz
         goto clear;
     bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)lmc_value_size(&v));
     if (bytes != NULL) {
-        lmc_value_write(&v, PyBytes_AS_STRING(bytes), 0, self->ns, &k.r.val, lmc_env_mac(e));
+        lmc_value_write(&v, PyBytes_AS_STRING(bytes), 0, "", &k.r.val, lmc_env_mac(e));
         result = Py_BuildValue("(y#Nd)", (const char *)k.r.val.mv_data,
                                (Py_ssize_t)k.r.val.mv_size, bytes, expires);
     }
