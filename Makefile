@@ -64,6 +64,7 @@ bench: install
 	$(VENV)/bin/python benchmarks/plot.py benchmarks/results.json docs/img/bench.png --markdown
 	$(VENV)/bin/python benchmarks/bench_semantics.py
 	$(VENV)/bin/python benchmarks/bench_memo.py
+	$(VENV)/bin/python benchmarks/bench_codecs.py
 
 # The whole suite with the extension under AddressSanitizer + UBSan.
 sanitize: deps

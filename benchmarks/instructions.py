@@ -17,14 +17,20 @@ import subprocess
 import sys
 import tempfile
 
-OPS = ("get_hit", "get_miss", "set", "contains", "get_bytes")
+OPS = ("get_hit", "get_miss", "set", "contains", "get_bytes",
+       "get_hit+secret", "set+secret", "get_hit+json", "set+json")
+# "+secret": the cache is opened with secret= (record MACs); "+json": with
+# serializer="json".
 
 
 def child(op: str, n: int) -> None:
     import lmdbcache
 
     d = tempfile.mkdtemp()
-    c = lmdbcache.Cache(d)
+    op, _, variant = op.partition("+")
+    options = {"secret": {"secret": b"instructions-secret-0123456789ab"},
+               "json": {"serializer": "json"}, "": {}}[variant]
+    c = lmdbcache.Cache(d, **options)
     value = {"id": 1, "name": "x" * 20, "tags": [1, 2, 3]}
     keys = ["key:%d" % i for i in range(1000)]
     for k in keys:

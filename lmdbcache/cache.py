@@ -257,7 +257,8 @@ class Cache(_core.Store, MutableMapping):
     and the ``keys()``/``values()``/``items()`` views behave as for a dict, except that
     iteration follows the stored key order, not insertion order.
 
-    Keys are ``str``, ``bytes``, ``int``, tuples of keys, or any other picklable
+    Keys are ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None``, tuples and
+    frozensets of keys, or (with the pickle serializer) any other picklable
     hashable object.  Keys are equal when their encodings are: ``1``, ``1.0`` and
     ``True`` are three different keys.  Values are any picklable object; ``bytes``,
     ``str``, ``int``, ``float``, ``None`` and ``bool`` are stored without pickle.
@@ -315,6 +316,25 @@ class Cache(_core.Store, MutableMapping):
         pickle.  ``True``: use such a directory deliberately, trusting every user
         who can write it (symlinked files are refused either way).  See the
         Security page of the documentation.
+    secret
+        ``bytes`` or ``str`` (at least 16 bytes), default the environment
+        variable ``LMDBCACHE_SECRET`` if set: every record carries a keyed
+        BLAKE2b MAC over its namespace, key, flags, expiry and value, and a
+        record that fails it raises :class:`CorruptError` unread (never
+        unpickled).  A signed cache opened without its secret, or with another,
+        raises :class:`SecretError`.
+    serializer
+        ``"pickle"`` (default), ``"json"``, ``"msgpack"`` (needs
+        ``lmdbcache[msgpack]``) or an object with ``dumps(value) -> bytes`` and
+        ``loads(bytes) -> value``, for values other than bytes/str/int/float/
+        None/bool.  With anything but pickle nothing read is ever unpickled:
+        pickled records are refused (:class:`CorruptError`), keys must be
+        str/bytes/int/float/bool/None or tuples and frozensets of them, and a
+        value the serializer cannot encode is a ``TypeError``.
+    compress
+        ``None`` (default) or ``"zstd"`` (needs ``lmdbcache[zstd]``): payloads
+        of at least ``compress_threshold`` bytes (default 4096) are stored
+        compressed when that makes them smaller.  Every cache reads them.
     max_readers
         Size of LMDB's reader table (default 1024): how many processes and
         threads may read at once.  Slots of killed processes are reclaimed.
