@@ -401,3 +401,32 @@ def test_remote_errors_raise(tmp_path, url, server):
             c["k"] = 2
     finally:
         server.start()
+
+
+def test_signed_machines_refuse_records_planted_in_redis(tmp_path, url, server):
+    """With secret=, the records in Redis carry the MAC: one planted by
+    whoever can write Redis (here: a valid record of an unsigned machine, a
+    pickle that would run code) is refused, never unpickled."""
+    secret = b"shared-by-the-machines-0123456789"
+    a = machine(tmp_path, "a", url, secret=secret)
+    b = machine(tmp_path, "b", url, secret=secret)
+    a["k"] = {"from": "a"}
+    assert b["k"] == {"from": "a"}  # signed records travel between machines
+    rogue = lmdbcache.Cache(str(tmp_path / "rogue"))  # no secret, not remote
+    marker = tmp_path / "payload-ran"
+    kb, rec, _ = rogue._encode_raw("k2", _Payload(str(marker)))
+    server.client().set(b"lmdbcache:\0" + kb, rec)
+    with pytest.warns(RuntimeWarning, match="corrupt remote record"):
+        assert b.get("k2") is None  # the remote tier's policy: a bad record is a miss
+    assert not marker.exists()
+    with pytest.raises(lmdbcache.CorruptError, match="not signed"):
+        b._put_raw("k2", rec)  # the reason, seen directly
+    rogue.close()
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))

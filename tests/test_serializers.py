@@ -372,3 +372,45 @@ def test_reader_without_zstandard_gets_a_clear_error(tmp_path):
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("Error") and "pip install 'lmdbcache[zstd]'" in out.stdout
+
+
+# ---- user code in the serializer re-enters the cache -------------------------------
+
+
+def test_serializer_code_may_reenter_close_and_reinit_the_cache(tmp_path):
+    """dumps/loads/compress run user code: it may read, write, close or even
+    re-initialise the very cache (with another serializer) mid-call."""
+    path = str(tmp_path / "c")
+    state = {"cache": None, "n": 0}
+
+    class Meddler:
+        def dumps(self, value):
+            c = state["cache"]
+            state["n"] += 1
+            c.get("other")
+            c.set("side", b"effect")
+            c.close()
+            if state["n"] % 3 == 0:
+                c.__init__(path, serializer="json")  # the codec under us changes
+            return json.dumps(value).encode()
+
+        def loads(self, data):
+            c = state["cache"]
+            c.close()
+            c["during-loads"] = b"x"
+            if state["n"] % 2 == 0:
+                c.__init__(path, serializer=Meddler(), compress="zstd", compress_threshold=1)
+            state["n"] += 1
+            return json.loads(data)
+
+    with Cache(path, serializer=Meddler(), compress="zstd", compress_threshold=1) as c:
+        state["cache"] = c
+        for i in range(30):
+            try:
+                c[f"k{i}"] = {"i": i, "pad": "p" * 50}
+                got = c.get(f"k{i}")
+            except CorruptError:  # a json cache refuses the custom records: fine
+                c.__init__(path, serializer=Meddler(), compress="zstd", compress_threshold=1)
+                continue
+            assert got == {"i": i, "pad": "p" * 50}
+        assert c["side"] == b"effect"
