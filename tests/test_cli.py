@@ -106,7 +106,7 @@ def test_ls(path):
 
 def test_ls_into_a_closed_pipe(tmp_path):
     path = make_cache(str(tmp_path / "c"), n=50000)
-    cmd = f"{sys.executable} -P -m lmdbcache ls {path} | head -2"
+    cmd = " ".join([sys.executable, *SAFE_PATH, "-m", "lmdbcache", "ls", path]) + " | head -2"
     proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.stdout.count("\n") == 2
     assert proc.stderr == ""
