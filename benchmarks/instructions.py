@@ -2,6 +2,7 @@
 machine, unlike seconds).
 
     python benchmarks/instructions.py            # table for this build
+    python benchmarks/instructions.py get_hit get_hit+secret   # some operations
     python benchmarks/instructions.py --child OP N   (internal)
 
 Each operation runs in its own process twice under callgrind, with N and 2N
@@ -79,10 +80,14 @@ def main() -> None:
 
     n = 20000
     print(f"lmdbcache from {os.path.dirname(lmdbcache.__file__)}")
-    print(f"{'operation':<12} {'instructions/op':>16}")
-    for op in OPS:
+    ops = sys.argv[1:] or OPS
+    unknown = set(ops) - set(OPS)
+    if unknown:
+        sys.exit(f"unknown operations {sorted(unknown)}; known: {', '.join(OPS)}")
+    print(f"{'operation':<16} {'instructions/op':>16}")
+    for op in ops:
         per = (count(op, 2 * n) - count(op, n)) / n
-        print(f"{op:<12} {per:>16.0f}")
+        print(f"{op:<16} {per:>16.0f}")
 
 
 if __name__ == "__main__":

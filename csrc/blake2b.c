@@ -122,16 +122,13 @@ void lmc_blake2b_update(lmc_blake2b *s, const void *in, size_t n)
 
 void lmc_blake2b_final(lmc_blake2b *s, unsigned char *out)
 {
-    unsigned char words[64];
-    int i, j;
+    size_t i;
 
     b2_count(s, s->c);
     memset(s->b + s->c, 0, sizeof(s->b) - s->c);
     b2_compress(s, s->b, 1);
-    for (i = 0; i < 8; i++)
-        for (j = 0; j < 8; j++)
-            words[8 * i + j] = (unsigned char)(s->h[i] >> (8 * j));
-    memcpy(out, words, s->outlen);
+    for (i = 0; i < s->outlen; i++) /* the state, little-endian, cut to outlen */
+        out[i] = (unsigned char)(s->h[i / 8] >> (8 * (i % 8)));
 }
 
 int lmc_mac_init(lmc_mac *mac, const void *secret, size_t len)
