@@ -105,7 +105,10 @@ def main(argv=None) -> int:
         r = compare({"floor": json_floor_set, "json": sets(jcache)}, n, rounds)
         rows.append(('set, serializer="json" vs json.dumps + set', r["json"], r["floor"], "<= 1.5"))
 
-        big = ("lmdbcache benchmark line %d\n" * 40000)[: 1 << 20]
+        # 1 MiB of compressible text: JSON records with varying numbers
+        big = json.dumps([{"id": i, "user": f"user{i % 977}", "score": round(i * 0.37, 2),
+                           "tags": ["a", "b"] if i % 3 else ["c"]} for i in range(20000)])
+        big = big[: 1 << 20]
         zc = lmdbcache.Cache(f"{root}/zstd", compress="zstd")
         nz = 20 if args.quick else 100
         zr = compare({"plain": lambda: [plain.set("big", big) for _ in range(nz)],

@@ -290,7 +290,9 @@ def _data_file_bytes(path):
 
 
 def test_zstd_compresses_large_values(tmp_path):
-    value = ("lmdbcache " * 10 + "\n") * 10000  # ~1 MiB, compressible
+    # 1 MiB of compressible text: JSON records with varying numbers
+    value = json.dumps([{"id": i, "user": f"user{i % 977}", "score": round(i * 0.37, 2)}
+                        for i in range(30000)])[: 1 << 20]
     plain, packed = str(tmp_path / "plain"), str(tmp_path / "packed")
     with Cache(plain) as c:
         c["v"] = value
