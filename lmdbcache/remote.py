@@ -48,6 +48,15 @@ local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 return {v, redis.call('PTTL', KEYS[1])}
 """
 
+# set: SET (with PX when ARGV[3] is not empty) and PUBLISH the invalidation in
+# one command -- one reply to wait for and parse instead of two
+_SET_LUA = b"""
+if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[1])
+else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) end
+redis.call('PUBLISH', ARGV[2], ARGV[4])
+return 1
+"""
+
 
 class RemoteError(_core.Error, ConnectionError):
     """The remote tier could not be reached (with ``remote_errors="raise"``)."""
@@ -156,6 +165,9 @@ class _Remote:
         self.ready = threading.Event()
         self.stop = threading.Event()
         self.incr_script = self.client.register_script(_INCR_LUA)
+        import hashlib
+
+        self.set_sha = hashlib.sha1(_SET_LUA).hexdigest().encode()
         self.lock_fds: dict[str, int] = {}
         # redis-py >= 5.3 deprecates get_connection's command name
         version = tuple(int(x) for x in redis.__version__.split(".")[:2] if x.isdigit())
@@ -165,6 +177,15 @@ class _Remote:
         if kw.get("decode_responses"):
             raise ValueError("remote: the redis client must not decode responses "
                              "(decode_responses=False): records are bytes")
+
+    def set_publish(self, rk: bytes, wire: bytes, px: int | None, message: bytes) -> Any:
+        """SET rk wire [PX px] and PUBLISH message, in one script call (loaded
+        by EVAL when the server does not know it yet: a restart, SCRIPT FLUSH)."""
+        args = (1, rk, wire, self.channel, b"" if px is None else b"%d" % px, message)
+        out = self.run((b"EVALSHA", self.set_sha) + args)[0]
+        if isinstance(out, self.redis.exceptions.NoScriptError):
+            out = self.run((b"EVAL", _SET_LUA) + args)[0]
+        return out
 
     def run(self, *cmds: tuple) -> list:
         """Commands in one round trip on one pooled connection: redis-py's
@@ -609,9 +630,8 @@ class RemoteCache(Cache):
         kb, record, wire, px = self._record(key, value, ttl)
         rk = self._rprefix + kb
         r = self._r()
-        cmd = (b"SET", rk, wire) if px is None else (b"SET", rk, wire, b"PX", px)
-        pub = (b"PUBLISH", r.channel, r.message(self, kb))
-        ok = self._remote_write(lambda c: r.run(cmd, pub)) is not _MISS
+        msg = r.message(self, kb)
+        ok = self._remote_write(lambda c: r.set_publish(rk, wire, px, msg)) is not _MISS
         self._local_put(key, record, ok)
 
     def __setitem__(self, key: Any, value: Any) -> None:

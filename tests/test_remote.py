@@ -430,3 +430,18 @@ class _Payload:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+def test_writes_survive_a_script_flush(tmp_path, url, server):
+    """set() is one script call (SET + PUBLISH): a server that forgot the
+    script (SCRIPT FLUSH, a restart) gets it again, and the other machine's
+    copy is still invalidated."""
+    a, b = machine(tmp_path, "a", url), machine(tmp_path, "b", url)
+    a["k"] = 1
+    assert b["k"] == 1
+    server.client().script_flush()
+    a["k"] = 2
+    assert server.client().get(b"lmdbcache:\0" + a._key_raw("k")) == b"2"
+    assert wait_for(lambda: b.get("k") == 2, 5)
+    a.set("t", "x", ttl=30)
+    assert 0 < server.client().pttl(b"lmdbcache:\0" + a._key_raw("t")) <= 30000
