@@ -492,6 +492,14 @@ static int env_is_bare(MDB_txn *txn, MDB_dbi dbi)
     return bare;
 }
 
+static int count_other_pid(const char *msg, void *ctx)
+{
+    int pid;
+    if (sscanf(msg, "%d", &pid) == 1 && pid != (int)getpid()) /* the header line does not scan */
+        (*(int *)ctx)++;
+    return 0;
+}
+
 /* The signature record of a signed cache: its presence says every record
  * carries a MAC, its value (the MAC of LMC_SIGNED_TEXT) names the secret.
  * 0: checked (e is set up to verify when signed), 1: it must be written and
@@ -534,6 +542,18 @@ static int env_check_signed(lmc_state *st, lmc_env *e, const lmc_options *opt, M
         if (rc != 1) {
             lmc_raise(st, rc, "read the cache", e->path);
             return -1;
+        }
+        if (!created) {
+            /* another process with the bare cache open would go on writing
+             * unsigned records into it (stale readers were reclaimed at open) */
+            int others = 0;
+            if (mdb_reader_list(e->env, count_other_pid, &others) < 0 || others > 0) {
+                PyErr_Format(st->SecretError,
+                             "'%s' holds an empty cache without a secret that other processes "
+                             "have open: it can be signed (secret=) once they have closed it",
+                             e->path);
+                return -1;
+            }
         }
         if (!writing)
             return 1;

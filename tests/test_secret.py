@@ -382,3 +382,32 @@ def test_remote_records_are_signed_too(tmp_path):
         forged = make_record(b"", kb, "p", pickle.dumps({"v": 3}))
         with pytest.raises(CorruptError, match="not signed"):
             c._put_raw("k", forged)
+
+
+def test_a_bare_cache_open_elsewhere_is_not_signed(tmp_path):
+    """Signing an empty unsigned cache while another process has it open
+    would let that process go on writing unsigned records: refused until it
+    has closed the cache."""
+    import subprocess
+    import textwrap
+
+    path = str(tmp_path / "c")
+    Cache(path).close()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, lmdbcache
+        c = lmdbcache.Cache({path!r})
+        c.get("x")
+        print("open", flush=True)
+        sys.stdin.read()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(tmp_path))
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(SecretError, match="other processes have open"):
+            Cache(path, secret=SECRET)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    with Cache(path, secret=SECRET) as c:  # now it is nobody else's
+        c["k"] = 1
+    with pytest.raises(SecretError):
+        Cache(path)
