@@ -871,8 +871,8 @@ static const char *serializer_name(int tag)
 PyObject *lmc_value_finish(const lmc_codec *c, PyObject *obj, int pending, const char *path)
 {
     lmc_state *st = c->st;
-    PyObject *value, *loads;
-    int tag = pending & 0xff, kind;
+    PyObject *value = NULL, *loads = NULL, *f;
+    int tag = pending & 0xff, kind = -1;
 
     if (obj == NULL) {
         if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
@@ -881,59 +881,62 @@ PyObject *lmc_value_finish(const lmc_codec *c, PyObject *obj, int pending, const
     }
     if (LMC_LIKELY(pending == 0))
         return obj;
+    if (tag != LMC_VAL_BYTES && tag != LMC_VAL_STR) {
+        /* the decoder first: a refused record is not even decompressed */
+        kind = tag == LMC_VAL_PICKLE    ? LMC_SER_PICKLE
+               : tag == LMC_VAL_JSON    ? LMC_SER_JSON
+               : tag == LMC_VAL_MSGPACK ? LMC_SER_MSGPACK
+                                        : LMC_SER_CUSTOM;
+        loads = kind == LMC_SER_PICKLE && c->kind == LMC_SER_PICKLE ? st->pickle_loads
+                                                                     : c->loads[kind];
+        if (loads == NULL) {
+            PyErr_Format(st->CorruptError,
+                         "refused a record in '%s' written by %s: this cache's serializer does "
+                         "not decode it%s", path, serializer_name(tag),
+                         kind == LMC_SER_PICKLE ? " (it never unpickles)" : "");
+            goto done;
+        }
+        Py_INCREF(loads); /* user code below may re-initialise the Store */
+    }
     if (pending & LMC_PENDING_ZSTD) {
         if (c->decompress == NULL) {
-            Py_DECREF(obj);
             PyErr_Format(st->Error, "a record in '%s' is zstd-compressed and this cache cannot "
                          "decompress it: install the zstandard package (pip install "
                          "'lmdbcache[zstd]')", path);
-            return NULL;
+            goto done;
         }
-        loads = Py_NewRef(c->decompress);
-        value = PyObject_CallOneArg(loads, obj);
-        Py_DECREF(loads);
-        Py_DECREF(obj);
+        f = Py_NewRef(c->decompress);
+        value = PyObject_CallOneArg(f, obj);
+        Py_DECREF(f);
         if (value != NULL && !PyBytes_Check(value)) {
-            Py_DECREF(value);
+            Py_CLEAR(value);
             PyErr_SetString(PyExc_TypeError, "the decompressor did not return bytes");
-            value = NULL;
         }
         if (value == NULL) {
             if (decode_failed(st))
                 lmc_raise_from(st->CorruptError, "corrupt record in '%s': the stored value "
                                "cannot be decompressed", path);
-            return NULL;
+            goto done;
         }
-        obj = value;
-        if (tag == LMC_VAL_BYTES)
-            return obj;
-        if (tag == LMC_VAL_STR) {
-            value = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj),
-                                         "strict");
-            Py_DECREF(obj);
-            return lmc_value_finish(c, value, 0, path);
-        }
+        Py_SETREF(obj, value);
+        value = NULL;
     }
-    kind = tag == LMC_VAL_PICKLE    ? LMC_SER_PICKLE
-           : tag == LMC_VAL_JSON    ? LMC_SER_JSON
-           : tag == LMC_VAL_MSGPACK ? LMC_SER_MSGPACK
-                                    : LMC_SER_CUSTOM;
-    loads = kind == LMC_SER_PICKLE && c->kind == LMC_SER_PICKLE ? st->pickle_loads
-                                                                 : c->loads[kind];
-    if (loads == NULL) {
-        Py_DECREF(obj);
-        PyErr_Format(st->CorruptError,
-                     "refused a record in '%s' written by %s: this cache's serializer does "
-                     "not decode it%s", path, serializer_name(tag),
-                     kind == LMC_SER_PICKLE ? " (it never unpickles)" : "");
-        return NULL;
+    if (tag == LMC_VAL_BYTES) {
+        value = Py_NewRef(obj);
     }
-    Py_INCREF(loads);
-    value = PyObject_CallOneArg(loads, obj);
-    Py_DECREF(loads);
+    else if (tag == LMC_VAL_STR) {
+        value = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj), "strict");
+        if (value == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            lmc_raise_from(st->CorruptError, "corrupt record in '%s': invalid UTF-8", path);
+    }
+    else {
+        value = PyObject_CallOneArg(loads, obj);
+        if (value == NULL && decode_failed(st))
+            lmc_raise_from(st->CorruptError, "corrupt record in '%s': the stored value cannot "
+                           "be decoded (%s)", path, serializer_name(tag));
+    }
+done:
+    Py_XDECREF(loads);
     Py_DECREF(obj);
-    if (value == NULL && decode_failed(st))
-        lmc_raise_from(st->CorruptError, "corrupt record in '%s': the stored value cannot be "
-                       "decoded (%s)", path, serializer_name(tag));
     return value;
 }

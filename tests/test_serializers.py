@@ -416,3 +416,27 @@ def test_serializer_code_may_reenter_close_and_reinit_the_cache(tmp_path):
                 continue
             assert got == {"i": i, "pad": "p" * 50}
         assert c["side"] == b"effect"
+
+
+def test_a_refused_record_is_not_even_decompressed(tmp_path, monkeypatch):
+    """A compressed pickle in a json cache is refused before zstd sees it (a
+    planted frame could claim any decompressed size)."""
+    import lmdbcache.cache
+
+    path = str(tmp_path / "c")
+    with Cache(path, compress="zstd", compress_threshold=16) as c:
+        c["p"] = {"x": "y" * 1000}  # pickled, then compressed
+        c["s"] = "z" * 1000  # a compressed str: every cache decompresses it
+    calls = []
+
+    def spy(data):
+        calls.append(len(data))
+        import zstandard
+        return zstandard.decompress(data)
+
+    monkeypatch.setattr(lmdbcache.cache, "_zstd_decompress", spy)
+    with Cache(path, serializer="json") as c:
+        with pytest.raises(CorruptError, match="written by pickle"):
+            c["p"]
+        assert calls == []
+        assert c["s"] == "z" * 1000 and len(calls) == 1
