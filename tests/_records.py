@@ -41,3 +41,16 @@ def recrc(dbname, key, record):
     """record with its checksum recomputed (an attacker can always do this)."""
     head, rest = bytes(record[:3]), bytes(record[7:])
     return head + struct.pack("=I", crc32c(frame(dbname, key) + head + rest)) + rest
+
+
+def drain(iterable, exc_type):
+    """Every item of an iterator that raises exc_type for some entries and
+    goes on after them: (items, the exceptions)."""
+    it, items, errors = iter(iterable), [], []
+    while True:
+        try:
+            items.append(next(it))
+        except exc_type as exc:
+            errors.append(exc)
+        except StopIteration:
+            return items, errors

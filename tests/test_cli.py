@@ -241,25 +241,17 @@ def test_compact_refuses_while_another_process_has_it_open(path):
 def damage(path):
     """Write three broken records with py-lmdb (in another process, the way a
     bug or a bad disk would): a bad header, a bad pickle, an undecodable key.
-    The last two are well-formed format-2 records with a valid checksum, so
+    The last two are well-formed records with a valid checksum, so
     only decoding them finds the damage."""
     script = textwrap.dedent(f"""
-        import struct
+        import sys
         import lmdb
 
-        def crc32c(data, crc=0):
-            crc ^= 0xFFFFFFFF
-            for b in data:
-                crc ^= b
-                for _ in range(8):
-                    crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-            return crc ^ 0xFFFFFFFF
+        sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+        from _records import make_record
 
-        def record(key, tag, payload, dbname=b""):
-            head = bytes([3, ord(tag), 0])  # record version 3, tag, no flags
-            crc = crc32c(struct.pack("=I", len(dbname)) + dbname
-                         + struct.pack("=I", len(key)) + key + head + payload)
-            return head + struct.pack("=I", crc) + payload
+        def record(key, tag, payload):
+            return make_record(b"", key, tag, payload)
 
         env = lmdb.open({path!r}, max_dbs=64, map_size=1 << 30)
         with env.begin(write=True) as txn:

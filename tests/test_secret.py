@@ -12,12 +12,8 @@ hashlib.blake2b(key=...) record by record.
 """
 import os
 import pickle
-import shutil
 import struct
 import sys
-import tempfile
-import traceback
-from pathlib import Path
 
 import lmdb
 import pytest
@@ -28,15 +24,11 @@ from lmdbcache import Cache, CorruptError, SecretError
 
 SECRET = b"s3cret-s3cret-s3cret-s3cret-0001"
 OTHER = b"another-secret-another-secret-02"
-NOBODY = 65534
-needs_root = pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0,
-    reason="the attacker is a child dropping to uid 65534: needs root",
-)
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _records import expected_mac, frame, make_record, recrc  # noqa: E402
+from _attacker import as_attacker, make_arena, needs_root  # noqa: E402
+from _records import drain, expected_mac, make_record, recrc  # noqa: E402
 
 def raw_env(path):
     return lmdb.open(path, max_dbs=64, map_size=1 << 30, subdir=True)
@@ -259,32 +251,8 @@ def _victim(arena):
 
 @pytest.fixture
 def arena():
-    d = tempfile.mkdtemp(prefix="lmc-secret-")
-    os.chmod(d, 0o777)
-    try:
-        yield Path(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def as_attacker(fn, *args):
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            fn(*args)
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the attacker's child failed"
+    """A root-owned 0777 directory: the careless setup."""
+    yield from make_arena(0o777)
 
 
 @needs_root
@@ -320,17 +288,9 @@ def test_planted_pickled_key_is_refused_unread(arena):
     marker = arena / "payload-ran"
     as_attacker(_tamper_pickled_key, path, str(marker))
     with Cache(path, secret=SECRET, allow_shared=True) as c:
-        it = iter(c)
-        seen = []
-        while True:
-            try:
-                seen.append(next(it))
-            except CorruptError as exc:
-                assert "not signed" in str(exc)
-                continue
-            except StopIteration:
-                break
+        seen, errors = drain(c, CorruptError)
         assert sorted(seen) == ["a", "k"]
+        assert len(errors) == 1 and "not signed" in str(errors[0])
     assert not marker.exists()
 
 

@@ -10,17 +10,12 @@ import json
 import os
 import pickle
 import select
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-import traceback
-import warnings
-from pathlib import Path
 
 import pytest
 
@@ -31,12 +26,10 @@ from lmdbcache import Cache, LockError, UnsafeCacheError
 # Python 3.10 has no -P; its test run starts in tests/, where no source package can shadow.
 SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
 
-NOBODY = 65534
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _attacker import NOBODY, as_attacker, make_arena, needs_root  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0,
-    reason="the attacker is a child dropping to uid 65534: needs root",
-)
+pytestmark = needs_root
 
 
 class Payload:
@@ -64,35 +57,8 @@ def expensive(x):
 
 @pytest.fixture
 def arena():
-    """A root-owned 0755 directory the attacker can reach (pytest's tmp_path
-    is under a 0700 directory of root's)."""
-    d = tempfile.mkdtemp(prefix="lmc-sec-")
-    os.chmod(d, 0o755)
-    try:
-        yield Path(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def as_attacker(fn, *args):
-    """Run fn(*args) in a forked child as uid/gid 65534; fail if it fails."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            fn(*args)
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the attacker's child failed"
+    """A root-owned 0755 directory the attacker can reach."""
+    yield from make_arena(0o755)
 
 
 def careless(path):
