@@ -137,15 +137,32 @@ def _lazy_msgpack_loads(data: bytes) -> Any:
     return loads(data)
 
 
-def _zstd_decompress(data: bytes) -> bytes:
+def _zstd() -> Any:
+    """A module with compress(data, level=) and decompress(data): the zstandard
+    package, else the standard library's compression.zstd (Python 3.14+);
+    None when neither is there.  Both make a context per call (thread-safe)."""
     try:
         import zstandard
+
+        return zstandard
     except ImportError:
+        pass
+    try:
+        from compression import zstd  # type: ignore[import-not-found]
+
+        return zstd
+    except ImportError:
+        return None
+
+
+def _zstd_decompress(data: bytes) -> bytes:
+    zstd = _zstd()
+    if zstd is None:
         raise _core.Error(
             "a record is zstd-compressed and the zstandard package is not installed: "
             "pip install 'lmdbcache[zstd]'"
-        ) from None
-    return zstandard.decompress(data)
+        )
+    return zstd.decompress(data)
 
 
 def _codec_kwargs(serializer: Any, compress: Any, threshold: Any) -> dict:
@@ -181,15 +198,15 @@ def _codec_kwargs(serializer: Any, compress: Any, threshold: Any) -> dict:
     threshold = _positive_int("compress_threshold", threshold, 0)
     zc = None
     if compress == "zstd":
-        try:
-            import zstandard
-        except ImportError:
+        zstd = _zstd()
+        if zstd is None:
             raise ImportError(
-                "compress='zstd' needs the zstandard package: pip install 'lmdbcache[zstd]'"
-            ) from None
+                "compress='zstd' needs the zstandard package (or Python 3.14's "
+                "compression.zstd): pip install 'lmdbcache[zstd]'"
+            )
         import functools
 
-        zc = functools.partial(zstandard.compress, level=3)  # a context per call: thread-safe
+        zc = functools.partial(zstd.compress, level=3)
     return dict(serializer=kind, dumps=dumps, loads=tuple(loads), compress=zc,
                 decompress=_zstd_decompress, compress_threshold=threshold)
 

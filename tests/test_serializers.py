@@ -431,3 +431,34 @@ def test_a_refused_record_is_not_even_decompressed(tmp_path, monkeypatch):
             c["p"]
         assert calls == []
         assert c["s"] == "z" * 1000 and len(calls) == 1
+
+
+def test_the_standard_librarys_zstd_serves_without_zstandard(tmp_path):
+    """Without the zstandard package, Python 3.14's compression.zstd is used
+    (stood in for here by a module with its interface)."""
+    path = str(tmp_path / "c")
+    script = textwrap.dedent(f"""
+        import sys, types, zlib
+        sys.modules["zstandard"] = None  # not installed
+        calls = []
+        zstd = types.ModuleType("compression.zstd")
+        def compress(data, level=None):
+            calls.append(("c", level))
+            return zlib.compress(data)  # the stand-in's own frame format
+        def decompress(data):
+            calls.append(("d", None))
+            return zlib.decompress(data)
+        zstd.compress, zstd.decompress = compress, decompress
+        compression = types.ModuleType("compression")
+        compression.zstd = zstd
+        sys.modules["compression"], sys.modules["compression.zstd"] = compression, zstd
+        import lmdbcache
+        with lmdbcache.Cache({path!r}, compress="zstd") as c:
+            c["k"] = b"a" * 10000
+            assert c["k"] == b"a" * 10000
+        print(calls)
+    """)
+    out = subprocess.run([sys.executable, *SAFE_PATH, "-c", script], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[('c', 3), ('d', None)]"
