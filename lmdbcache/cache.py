@@ -349,7 +349,8 @@ class Cache(_core.Store, MutableMapping):
         str/bytes/int/float/bool/None or tuples and frozensets of them, and a
         value the serializer cannot encode is a ``TypeError``.
     compress
-        ``None`` (default) or ``"zstd"`` (needs ``lmdbcache[zstd]``): payloads
+        ``None`` (default) or ``"zstd"`` (needs ``lmdbcache[zstd]``, or Python
+        3.14's ``compression.zstd``): payloads
         of at least ``compress_threshold`` bytes (default 4096) are stored
         compressed when that makes them smaller.  Every cache reads them.
     max_readers
