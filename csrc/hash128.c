@@ -1,6 +1,6 @@
 /*
  * hash128.c -- _core._hash128(buffer) -> 16 bytes: a fast non-cryptographic
- * 128-bit hash for memoize's argument digests, and Store._expire_time(key).
+ * 128-bit hash for memoize's argument digests.
  *
  * The hash: two independent 64-bit accumulators, 32 input bytes per
  * iteration; each accumulator absorbs 16 bytes with one folded 64x64->128
@@ -103,49 +103,4 @@ PyObject *lmc_hash128(PyObject *Py_UNUSED(module), PyObject *arg)
         digest[8 + i] = (unsigned char)(out[1] >> (8 * i));
     }
     return PyBytes_FromStringAndSize((const char *)digest, 16);
-}
-
-/* Store._expire_time(key): the record's absolute expiry (time.time() scale),
- * None when it has none; KeyError when the key is missing or expired.
- * Follows THE RULE (lmc_store_enter / lmc_store_leave). */
-PyObject *lmc_store_expire_time(StoreObject *self, PyObject *key)
-{
-    lmc_state *st = self->state;
-    lmc_env *e;
-    lmc_key k;
-    lmc_record rec;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    const char *why;
-    PyObject *obj = NULL;
-    int rc, status;
-    double expires = 0;
-
-    e = lmc_store_enter(self, &dbi);
-    if (e == NULL)
-        return NULL;
-    if (lmc_key_encode(&self->codec, key, &k) < 0)
-        goto leave;
-    rc = lmc_read_begin(e, &txn);
-    if (rc != 0) {
-        lmc_raise_env(st, rc, "begin a read", e);
-        goto clear;
-    }
-    rc = lmc_lookup(e, txn, dbi, self->dbname, &k.r, &rec, &status, &why);
-    if (rc == 0 && status == LMC_LIVE)
-        expires = rec.expires;
-    lmc_read_end(e, txn);
-    if (rc != 0)
-        lmc_raise_env(st, rc, "read", e);
-    else if (status == LMC_LIVE)
-        obj = expires > 0 ? PyFloat_FromDouble(expires) : Py_NewRef(Py_None);
-    else if (status == LMC_CORRUPT)
-        PyErr_Format(st->CorruptError, "corrupt record in '%s': %s", e->path, why);
-    else
-        PyErr_SetObject(PyExc_KeyError, key);
-clear:
-    lmc_key_clear(&k);
-leave:
-    lmc_store_leave(e);
-    return obj;
 }

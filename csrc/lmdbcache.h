@@ -653,6 +653,15 @@ PyObject *lmc_store_clear(StoreObject *self, PyObject *unused);
 PyObject *lmc_store_expire(StoreObject *self, PyObject *unused);
 /* hash128.c: Store._expire_time(key) (THE RULE) and _core._hash128(buffer). */
 PyObject *lmc_store_expire_time(StoreObject *self, PyObject *key);
+/* The one read of a single key's record (store.c): a read txn, lmc_lookup,
+ * and take(rec, arg) on a live record while the txn is live (take may only
+ * copy out and make native objects: no user code).  Returns LMC_LIVE,
+ * LMC_ABSENT or LMC_EXPIRED, or -1 with an exception (a read error, or
+ * CorruptError for a damaged record).  take's own failure is left to the
+ * caller (take records it in arg). */
+typedef void (*lmc_take_fn)(const lmc_record *rec, void *arg);
+int lmc_store_read(StoreObject *self, lmc_env *e, MDB_dbi dbi, const lmc_kref *key,
+                   lmc_take_fn take, void *arg);
 PyObject *lmc_hash128(PyObject *module, PyObject *arg);
 PyObject *lmc_store_prefix_count(StoreObject *self, PyObject *prefix);
 PyObject *lmc_store_prefix_delete(StoreObject *self, PyObject *prefix);

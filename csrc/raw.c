@@ -41,50 +41,51 @@ static void raw_value_from(lmc_value *v, const lmc_record *rec, const lmc_env *e
     v->owner = NULL;
 }
 
+typedef struct {
+    const lmc_env *e;
+    const lmc_kref *key;
+    PyObject *bytes; /* the canonical record; NULL with an exception */
+    double expires;
+} get_raw_arg;
+
+/* Under the read txn: the record in canonical form (a copy, no user code). */
+static void take_raw(const lmc_record *rec, void *arg)
+{
+    get_raw_arg *a = arg;
+    lmc_value v;
+
+    a->expires = (rec->flags & LMC_FLAG_EXPIRES) ? rec->expires : 0;
+    raw_value_from(&v, rec, a->e, a->expires, 0, a->key);
+    a->bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)lmc_value_size(&v));
+    if (a->bytes != NULL)
+        lmc_value_write(&v, PyBytes_AS_STRING(a->bytes), 0, "", &a->key->val,
+                        lmc_env_mac(a->e));
+}
+
 /* Store._get_raw(key) -> (record, expires) | None */
 PyObject *lmc_store_get_raw(StoreObject *self, PyObject *key)
 {
-    lmc_state *st = self->state;
     lmc_env *e;
     lmc_key k;
-    lmc_record rec;
-    lmc_value v;
-    MDB_txn *txn;
     MDB_dbi dbi;
-    const char *why;
-    PyObject *bytes = NULL, *result = NULL;
-    double expires = 0;
-    int rc, status;
+    PyObject *result = NULL;
+    get_raw_arg a;
+    int status;
 
     if ((e = lmc_store_enter(self, &dbi)) == NULL)
         return NULL;
     if (lmc_key_encode(&self->codec, key, &k) < 0)
         goto leave;
-    rc = lmc_read_begin(e, &txn);
-    if (rc != 0) {
-        lmc_raise_env(st, rc, "begin a read", e);
-        goto clear;
-    }
-    rc = lmc_lookup(e, txn, dbi, self->dbname, &k.r, &rec, &status, &why);
-    if (rc == 0 && status == LMC_LIVE) {
-        expires = (rec.flags & LMC_FLAG_EXPIRES) ? rec.expires : 0;
-        raw_value_from(&v, &rec, e, expires, 0, &k.r);
-        bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)lmc_value_size(&v));
-        if (bytes != NULL)
-            lmc_value_write(&v, PyBytes_AS_STRING(bytes), 0, "", &k.r.val,
-                            lmc_env_mac(e));
-    }
-    lmc_read_end(e, txn);
-    if (rc != 0)
-        lmc_raise_env(st, rc, "read", e);
-    else if (status == LMC_CORRUPT)
-        PyErr_Format(st->CorruptError, "corrupt record in '%s': %s", e->path, why);
-    else if (status != LMC_LIVE)
+    a.e = e;
+    a.key = &k.r;
+    a.bytes = NULL;
+    a.expires = 0;
+    status = lmc_store_read(self, e, dbi, &k.r, take_raw, &a);
+    if (status == LMC_LIVE && a.bytes != NULL)
+        result = Py_BuildValue("(Od)", a.bytes, a.expires);
+    else if (status >= 0 && status != LMC_LIVE)
         result = Py_NewRef(Py_None);
-    else if (bytes != NULL)
-        result = Py_BuildValue("(Od)", bytes, expires);
-clear:
-    Py_XDECREF(bytes);
+    Py_XDECREF(a.bytes);
     lmc_key_clear(&k);
 leave:
     lmc_store_leave(e);

@@ -326,50 +326,102 @@ static void store_note_use(StoreObject *self, lmc_env *e, const lmc_kref *k)
     }
 }
 
+int lmc_store_read(StoreObject *self, lmc_env *e, MDB_dbi dbi, const lmc_kref *key,
+                   lmc_take_fn take, void *arg)
+{
+    MDB_txn *txn;
+    lmc_record rec;
+    const char *why;
+    int rc, status = -1;
+
+    rc = lmc_read_begin(e, &txn);
+    if (LMC_UNLIKELY(rc != 0)) {
+        lmc_raise_env(self->state, rc, "begin a read", e);
+        return -1;
+    }
+    rc = lmc_lookup(e, txn, dbi, self->dbname, key, &rec, &status, &why);
+    if (LMC_LIKELY(rc == 0 && status == LMC_LIVE))
+        take(&rec, arg);
+    lmc_read_end(e, txn);
+    if (LMC_UNLIKELY(rc != 0)) {
+        lmc_raise_env(self->state, rc, "read", e);
+        status = -1;
+    }
+    else if (LMC_UNLIKELY(status == LMC_CORRUPT)) {
+        PyErr_Format(self->state->CorruptError, "corrupt record in '%s': %s", e->path, why);
+        status = -1;
+    }
+    return status;
+}
+
+typedef struct {
+    PyObject *obj; /* NULL with an exception: invalid UTF-8 */
+    int pending;
+} take_value_arg;
+
+static void take_value(const lmc_record *rec, void *arg)
+{
+    take_value_arg *a = arg;
+    a->obj = lmc_record_take(rec, &a->pending);
+}
+
 /* Look key up.  Returns the value (new ref), or NULL: with an exception set,
  * or without one for a miss. */
 static PyObject *store_lookup(StoreObject *self, PyObject *key)
 {
-    lmc_state *st = self->state;
     lmc_env *e;
     lmc_key k;
-    lmc_record rec;
-    MDB_txn *txn;
     MDB_dbi dbi;
-    const char *why;
-    PyObject *obj = NULL;
-    int rc, status, pending = 0;
+    take_value_arg a = {NULL, 0};
+    int status;
 
     e = lmc_store_enter(self, &dbi);
     if (LMC_UNLIKELY(e == NULL))
         return NULL;
     if (LMC_UNLIKELY(lmc_key_encode(&self->codec, key, &k) < 0))
         goto leave;
-    rc = lmc_read_begin(e, &txn);
-    if (LMC_UNLIKELY(rc != 0)) {
-        lmc_raise_env(st, rc, "begin a read", e);
-        goto clear;
-    }
-    rc = lmc_lookup(e, txn, dbi, self->dbname, &k.r, &rec, &status, &why);
-    if (LMC_LIKELY(rc == 0 && status == LMC_LIVE))
-        obj = lmc_record_take(&rec, &pending); /* NULL: invalid UTF-8 */
-    lmc_read_end(e, txn);
-    if (LMC_UNLIKELY(rc != 0)) {
-        lmc_raise_env(st, rc, "read", e);
-    }
-    else if (LMC_LIKELY(status == LMC_LIVE)) {
+    status = lmc_store_read(self, e, dbi, &k.r, take_value, &a);
+    if (LMC_LIKELY(status == LMC_LIVE)) {
         self->hits++;
-        if (LMC_UNLIKELY(e->policy == LMC_POLICY_LRU) && lmc_env_evicts(e) && obj != NULL)
+        if (LMC_UNLIKELY(e->policy == LMC_POLICY_LRU) && lmc_env_evicts(e) && a.obj != NULL)
             store_note_use(self, e, &k.r);
-        obj = lmc_value_finish(&self->codec, obj, pending, e->path);
+        a.obj = lmc_value_finish(&self->codec, a.obj, a.pending, e->path);
     }
-    else if (status == LMC_CORRUPT) {
-        PyErr_Format(st->CorruptError, "corrupt record in '%s': %s", e->path, why);
-    }
-    else {
+    else if (status >= 0) {
         self->misses++;
     }
-clear:
+    lmc_key_clear(&k);
+leave:
+    lmc_store_leave(e);
+    return a.obj;
+}
+
+static void take_expiry(const lmc_record *rec, void *arg)
+{
+    *(double *)arg = rec->expires;
+}
+
+/* Store._expire_time(key): the record's absolute expiry (time.time() scale),
+ * None when it has none; KeyError when the key is missing or expired. */
+PyObject *lmc_store_expire_time(StoreObject *self, PyObject *key)
+{
+    lmc_env *e;
+    lmc_key k;
+    MDB_dbi dbi;
+    PyObject *obj = NULL;
+    double expires = 0;
+    int status;
+
+    e = lmc_store_enter(self, &dbi);
+    if (e == NULL)
+        return NULL;
+    if (lmc_key_encode(&self->codec, key, &k) < 0)
+        goto leave;
+    status = lmc_store_read(self, e, dbi, &k.r, take_expiry, &expires);
+    if (status == LMC_LIVE)
+        obj = expires > 0 ? PyFloat_FromDouble(expires) : Py_NewRef(Py_None);
+    else if (status >= 0)
+        PyErr_SetObject(PyExc_KeyError, key);
     lmc_key_clear(&k);
 leave:
     lmc_store_leave(e);
