@@ -651,7 +651,7 @@ static int maybe_compress(const lmc_codec *c, lmc_value *out)
 {
     PyObject *raw, *z, *f;
 
-    if (c->compress == NULL || out->data_len < c->threshold || out->data_len == 0)
+    if (out->data_len < c->threshold || out->data_len == 0) /* the caller checked c->compress */
         return 0;
     raw = out->owner != NULL && PyBytes_Check(out->owner) &&
                   PyBytes_AS_STRING(out->owner) == out->data

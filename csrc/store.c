@@ -210,7 +210,6 @@ static int store_init(StoreObject *self, PyObject *args, PyObject *kwds)
         self->opt.mac = &self->mac;
         self->codec.sign = 1;
     }
-    self->codec.st = self->state;
     self->codec.kind = kind;
     Py_XSETREF(self->codec.dumps, kind == LMC_SER_PICKLE ? NULL : Py_NewRef(dumps));
     for (i = 0; i < 4; i++) {
