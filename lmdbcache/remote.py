@@ -11,8 +11,14 @@ Layout in Redis (``P`` = remote_prefix, ``NS`` = the namespace, "" by default,
 
     P NS \\0 KE      the value's record (canonical form, see csrc/raw.c),
                      or a native integer string for ints (INCRBY works on them)
-    P __inval__     the pub/sub channel of invalidations:
-                     origin \\0 NS \\0 KE   (or  origin \\0 NS \\0  for clear())
+    P __inval__: T  the pub/sub channel a node's writes publish invalidations
+                     on: NS \\0 KE  (or  NS \\0  for clear()).  T is a 12-character
+                     token of the node's origin (boot id and local path).
+
+Each listener subscribes to 12 patterns that together match the channel of
+every *other* token exactly once (see _patterns), so a write is never
+delivered back to the machine that made it: the writer pays for a SET, not
+for waking its own listener.
 
 Failure: when Redis cannot be reached, reads serve the local tier and writes
 go local only (one RuntimeWarning per outage; remote_errors="raise" raises
@@ -25,7 +31,9 @@ longer looked at.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import re
 import threading
 import time
 import warnings
@@ -56,6 +64,34 @@ else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) end
 redis.call('PUBLISH', ARGV[2], ARGV[4])
 return 1
 """
+
+
+_TOKEN_LEN = 12
+_TOKEN_ALPHABET = b"0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _token(origin: bytes) -> bytes:
+    """A node's channel token: 12 base-36 characters of a hash of its origin
+    (36**12 is about 4.7e18, so two nodes sharing one is not a practical risk)."""
+    n = int.from_bytes(hashlib.blake2b(origin, digest_size=16).digest(), "big")
+    out = bytearray()
+    for _ in range(_TOKEN_LEN):
+        n, d = divmod(n, 36)
+        out.append(_TOKEN_ALPHABET[d])
+    return bytes(out)
+
+
+def _glob_escape(b: bytes) -> bytes:
+    return re.sub(rb"([*?\[\]\\])", rb"\\\1", b)
+
+
+def _patterns(base_glob: bytes, tok: bytes) -> list[bytes]:
+    """Glob patterns matching ``base + T`` for every token T other than tok.
+    Pattern i matches the tokens that agree with tok before position i and
+    differ at i, so another token matches exactly one of them (one delivery)
+    and tok itself none."""
+    return [base_glob + tok[:i] + b"[^" + tok[i:i + 1] + b"]" + b"?" * (len(tok) - 1 - i)
+            for i in range(len(tok))]
 
 
 class RemoteError(_core.Error, ConnectionError):
@@ -148,7 +184,13 @@ class _Remote:
             self.client = spec
         self.timeout = timeout
         self.prefix = prefix.encode()
-        self.channel = self.prefix + b"__inval__"
+        self.base = self.prefix + b"__inval__:"
+        self.base_glob = _glob_escape(self.base)
+        # token -> set once the listener's patterns for it are confirmed: only
+        # then may a value from (or written to) Redis be kept in that node's
+        # local tier, since only then will a later write elsewhere invalidate it
+        self.origins: dict[bytes, threading.Event] = {}
+        self.owner: dict[bytes, bytes] = {}  # pattern -> token
         self.pid = os.getpid()
         self.down = False
         self.warned = False
@@ -159,10 +201,6 @@ class _Remote:
             weakref.WeakValueDictionary())
         self.invalidations = 0  # applied by the listener (miss path race check)
         self.listener: threading.Thread | None = None
-        # set while the listener is subscribed: only then may a value from (or
-        # written to) Redis be kept locally, since only then will a later write
-        # elsewhere invalidate it
-        self.ready = threading.Event()
         self.stop = threading.Event()
         self.incr_script = self.client.register_script(_INCR_LUA)
         import hashlib
@@ -178,10 +216,11 @@ class _Remote:
             raise ValueError("remote: the redis client must not decode responses "
                              "(decode_responses=False): records are bytes")
 
-    def set_publish(self, rk: bytes, wire: bytes, px: int | None, message: bytes) -> Any:
+    def set_publish(self, rk: bytes, wire: bytes, px: int | None, channel: bytes,
+                    message: bytes) -> Any:
         """SET rk wire [PX px] and PUBLISH message, in one script call (loaded
         by EVAL when the server does not know it yet: a restart, SCRIPT FLUSH)."""
-        args = (1, rk, wire, self.channel, b"" if px is None else b"%d" % px, message)
+        args = (1, rk, wire, channel, b"" if px is None else b"%d" % px, message)
         out = self.run((b"EVALSHA", self.set_sha) + args)[0]
         if isinstance(out, self.redis.exceptions.NoScriptError):
             out = self.run((b"EVAL", _SET_LUA) + args)[0]
@@ -262,6 +301,19 @@ class _Remote:
             self.backoff = 0.05
 
     # listener --------------------------------------------------------------------
+    def add_origin(self, tok: bytes) -> None:
+        """Listen for the writes of every node but the one whose token is tok."""
+        with self.lock:
+            if tok in self.origins:
+                return
+            for p in _patterns(self.base_glob, tok):
+                self.owner[p] = tok
+            self.origins[tok] = threading.Event()
+
+    def listening(self, cache: "RemoteCache") -> bool:
+        ev = self.origins.get(cache._token)
+        return ev is not None and ev.is_set()
+
     def start_listener(self) -> None:
         if self.listener is not None or os.getpid() != self.pid:
             return
@@ -278,24 +330,69 @@ class _Remote:
         while not self.stop.is_set():
             pubsub = None
             try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.channel)
-                # wait for the subscription to be confirmed
-                pubsub.get_message(timeout=self.timeout)
-                if not pubsub.subscribed:
-                    raise self.redis.ConnectionError("subscription not confirmed")
+                pubsub = self.client.pubsub()
+                sent: set[bytes] = set()  # tokens whose patterns this connection asked for
+                pending: dict[bytes, bytes] = {}  # a token's last pattern -> the token
+
+                def subscribe_new() -> None:
+                    """Subscribe for new local paths; unsubscribe for the ones
+                    whose last cache is gone (their patterns would match this
+                    node's own channel and wake the listener for nothing)."""
+                    with self.lock:
+                        live = {c._token for c in list(self.caches.values())}
+                        gone = [t for t in self.origins if t not in live]
+                        for tok in gone:
+                            del self.origins[tok]
+                            for p in _patterns(self.base_glob, tok):
+                                self.owner.pop(p, None)
+                        new = [t for t in self.origins if t not in sent]
+                    for tok in gone:
+                        if tok in sent:
+                            sent.discard(tok)
+                            pubsub.punsubscribe(*_patterns(self.base_glob, tok))
+                    for tok in new:
+                        pats = _patterns(self.base_glob, tok)
+                        pubsub.psubscribe(*pats)
+                        sent.add(tok)
+                        pending[pats[-1]] = tok
+
+                def handle(msg: Any, confirmed: list) -> None:
+                    kind = msg.get("type")
+                    if kind == "pmessage":
+                        self._apply(self.owner.get(msg["pattern"]), msg["data"])
+                    elif kind == "psubscribe":
+                        tok = pending.pop(msg["channel"], None)
+                        if tok is not None:
+                            confirmed.append(tok)
+
+                # subscribe, and wait until Redis confirms every pattern
+                subscribe_new()
+                confirmed: list = []
+                deadline = time.monotonic() + self.timeout
+                while pending:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise self.redis.ConnectionError("subscription not confirmed")
+                    msg = pubsub.get_message(timeout=left)
+                    if msg is not None:
+                        handle(msg, confirmed)
                 if self.down or ready_once:
                     # invalidations may have been missed while disconnected
                     with self.lock:
                         self.down = True
                     self.recovered()
                 ready_once = True
-                self.ready.set()
+                for tok in confirmed:
+                    self.origins[tok].set()
                 last_check = time.monotonic()
                 while not self.stop.is_set():
-                    msg = pubsub.get_message(timeout=0.2)
-                    if msg is not None and msg.get("type") == "message":
-                        self._apply(msg["data"])
+                    subscribe_new()  # a cache of another local path joined
+                    msg = pubsub.get_message(timeout=0.1)
+                    if msg is not None:
+                        confirmed = []
+                        handle(msg, confirmed)
+                        for tok in confirmed:
+                            self.origins[tok].set()
                     now = time.monotonic()
                     if now - last_check > 0.5:
                         last_check = now
@@ -305,7 +402,8 @@ class _Remote:
                             except Exception:  # noqa: BLE001
                                 pass
             except Exception as exc:  # noqa: BLE001 - the listener must survive
-                self.ready.clear()
+                for ev in list(self.origins.values()):
+                    ev.clear()
                 if isinstance(exc, self.errors()):
                     with self.lock:
                         if not self.down:
@@ -319,14 +417,14 @@ class _Remote:
                     except Exception:  # noqa: BLE001
                         pass
 
-    def _apply(self, data: bytes) -> None:
-        try:
-            origin, ns, kb = data.split(b"\0", 2)
-        except ValueError:
+    def _apply(self, tok: bytes | None, data: bytes) -> None:
+        """Another node wrote: drop the copies in the local tiers of node tok."""
+        ns, sep, kb = data.partition(b"\0")
+        if tok is None or not sep:
             return
         self.invalidations += 1
         for cache in list(self.caches.values()):
-            if cache._ns_bytes != ns or cache._origin == origin or cache._readonly:
+            if cache._token != tok or cache._ns_bytes != ns or cache._readonly:
                 continue
             try:
                 if kb:
@@ -336,15 +434,20 @@ class _Remote:
             except Exception:  # noqa: BLE001 - closed, or the file went away
                 pass
 
-    def keeps_local(self) -> bool:
-        """May a value be kept in the local tier now (the listener is subscribed)?"""
-        return self.ready.is_set() or self.ready.wait(self.timeout)
+    def keeps_local(self, cache: "RemoteCache") -> bool:
+        """May a value be kept in cache's local tier now (the listener hears
+        every other node's writes)?"""
+        ev = self.origins.get(cache._token)
+        return ev is not None and (ev.is_set() or ev.wait(self.timeout))
+
+    def channel(self, cache: "RemoteCache") -> bytes:
+        return self.base + cache._token
 
     def message(self, cache: "RemoteCache", kb: bytes) -> bytes:
-        return cache._origin + b"\0" + cache._ns_bytes + b"\0" + kb
+        return cache._ns_bytes + b"\0" + kb
 
     def publish(self, cache: "RemoteCache", kb: bytes, pipe: Any = None) -> None:
-        (pipe or self.client).publish(self.channel, self.message(cache, kb))
+        (pipe or self.client).publish(self.channel(cache), self.message(cache, kb))
 
 
 _remotes: dict[tuple, _Remote] = {}
@@ -423,6 +526,7 @@ class RemoteCache(Cache):
         self._rprefix = remote_prefix.encode() + self._ns_bytes + b"\0"
         self._readonly = bool(self._options["readonly"])
         self._origin = f"{boot_or_host()}:{self.path}".encode("utf-8", "surrogateescape")
+        self._token = _token(self._origin)
         self._gen = 0
         self._remote_obj: _Remote | None = None
         self._set_miss_hook(_miss_hook(weakref.ref(self)))
@@ -436,7 +540,9 @@ class RemoteCache(Cache):
         r = self._remote_obj
         if r is None or r.pid != os.getpid():
             r = _remote_for(self._remote_spec, self._remote_prefix, self._remote_timeout)
-            r.caches[id(self)] = self
+            with r.lock:  # the listener prunes tokens without a cache under it
+                r.caches[id(self)] = self
+            r.add_origin(self._token)
             self._remote_obj = r
             if not self._readonly:
                 self._watch(r)
@@ -536,7 +642,7 @@ class RemoteCache(Cache):
             return None
         if rec is None:
             return None
-        value = self._fill(key, rec, pttl, r.keeps_local())
+        value = self._fill(key, rec, pttl, r.keeps_local(self))
         if value is _MISS:
             return None
         if r.invalidations != seen and not self._readonly:
@@ -586,7 +692,7 @@ class RemoteCache(Cache):
             out = r.call(self, lambda c: r.run(*cmds))
         except _Unavailable:
             return found
-        keep = r.keeps_local()
+        keep = r.keeps_local(self)
         for i, k in enumerate(missing):
             rec, pttl = out[2 * i], out[2 * i + 1]
             if rec is not None:
@@ -617,7 +723,7 @@ class RemoteCache(Cache):
     def _local_put(self, key: Any, record: bytes, remote_ok: bool) -> None:
         """The local half of a write.  Kept only while invalidations arrive;
         otherwise the local copy is dropped (the next read asks Redis)."""
-        if not remote_ok or self._r().keeps_local():
+        if not remote_ok or self._r().keeps_local(self):
             self._put_raw(key, record, -1.0, 2)
         else:
             _core.Store.delete(self, key)
@@ -630,8 +736,8 @@ class RemoteCache(Cache):
         kb, record, wire, px = self._record(key, value, ttl)
         rk = self._rprefix + kb
         r = self._r()
-        msg = r.message(self, kb)
-        ok = self._remote_write(lambda c: r.set_publish(rk, wire, px, msg)) is not _MISS
+        chan, msg = r.channel(self), r.message(self, kb)
+        ok = self._remote_write(lambda c: r.set_publish(rk, wire, px, chan, msg)) is not _MISS
         self._local_put(key, record, ok)
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -655,7 +761,7 @@ class RemoteCache(Cache):
         rk = self._rprefix + kb
         r = self._r()
         got = self._remote_write(
-            lambda c: r.run((b"DEL", rk), (b"PUBLISH", r.channel, r.message(self, kb))))
+            lambda c: r.run((b"DEL", rk), (b"PUBLISH", r.channel(self), r.message(self, kb))))
         local = _core.Store.delete(self, key)
         return bool(got[0]) if got is not _MISS else local
 
@@ -735,9 +841,7 @@ class RemoteCache(Cache):
         return int(n) if n is not _MISS and not isinstance(n, bool) else local
 
     def clear(self) -> None:
-        import re
-
-        pattern = re.sub(rb"([*?\[\]\\])", rb"\\\1", self._rprefix) + b"*"
+        pattern = _glob_escape(self._rprefix) + b"*"
         r = self._r()
 
         def write(c: Any) -> Any:
@@ -781,7 +885,7 @@ class RemoteCache(Cache):
         _, record, _ = self._encode_raw(key, value)
         expires = time.time() + pttl / 1000.0 if pttl > 0 else 0.0
         try:
-            if r.keeps_local():
+            if r.keeps_local(self):
                 self._put_raw(key, record, expires, 2)
             else:
                 _core.Store.delete(self, key)

@@ -22,6 +22,7 @@ redis = pytest.importorskip("redis")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _remote_workers as W  # noqa: E402
 
+SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 pytestmark = [
@@ -94,7 +95,7 @@ def machine(tmp_path, name, url, **kw):
     # the local tier only once it has (waiting at most remote_timeout): on a
     # loaded machine, let it subscribe first, so that tests relying on local
     # copies do not depend on scheduling.
-    wait_for(lambda: c._r().ready.is_set(), 10)
+    wait_for(lambda: c._r().listening(c), 10)
     return c
 
 
@@ -360,7 +361,7 @@ def test_redis_killed_and_restarted(tmp_path, url, server):
     b.get("absent2")
     assert time.time() - t0 < 0.35
     server.start()
-    assert wait_for(lambda: not a._r().down and a._r().ready.is_set(), 5)
+    assert wait_for(lambda: not a._r().down and a._r().listening(a), 5)
     # a writes new values after the restart; b's listener missed nothing it keeps
     for i in range(20):
         a[("k", i)] = i + 100
@@ -386,7 +387,7 @@ def test_stale_copy_is_not_served_after_reconnect(tmp_path, url, server):
         # once b talks to Redis again its local tier is a new generation
         ok = wait_for(lambda: b.get("k") == "new", 5)
         r = b._r()
-        assert ok, (b.get("k"), b._gen, r.down, r.ready.is_set(), r.listener.is_alive(),
+        assert ok, (b.get("k"), b._gen, r.down, r.listening(b), r.listener.is_alive(),
                     len(r.caches), b._gen_store().get(("gen", "lmdbcache:")))
         assert b["k"] == "new"
 
@@ -447,3 +448,102 @@ def test_writes_survive_a_script_flush(tmp_path, url, server):
     assert wait_for(lambda: b.get("k") == 2, 5)
     a.set("t", "x", ttl=30)
     assert 0 < server.client().pttl(b"lmdbcache:\0" + a._key_raw("t")) <= 30000
+
+
+# ---- invalidation channels: every other node once, never the writer's own ----------------
+
+
+def test_invalidation_patterns_match_every_other_node_exactly_once(server):
+    """A node listens on 12 glob patterns; PUBLISH reports how many receivers
+    matched: 1 for every other node's channel, 0 for its own."""
+    import random
+
+    from lmdbcache.remote import _TOKEN_ALPHABET, _glob_escape, _patterns, _token
+
+    cl = server.client()
+    base = b"we*ird?[pre]\\fix:__inval__:"  # glob characters in the prefix are literal
+    mine = _token(b"boot:/some/path")
+    assert len(mine) == 12 and set(mine) <= set(_TOKEN_ALPHABET)
+    ps = cl.pubsub()
+    ps.psubscribe(*_patterns(_glob_escape(base), mine))
+    deadline = time.time() + 5
+    while len(ps.patterns) < 12 or ps.get_message(timeout=0.05) is not None:
+        assert time.time() < deadline
+    others = set()
+    rnd = random.Random(7)
+    for i in range(12):  # differing at one position, and from it on
+        for c in _TOKEN_ALPHABET:
+            if c != mine[i]:
+                others.add(mine[:i] + bytes([c]) + mine[i + 1:])
+                others.add(mine[:i] + bytes([c]) * (12 - i))
+    others |= {bytes(rnd.choice(_TOKEN_ALPHABET) for _ in range(12)) for _ in range(300)}
+    others |= {_token(f"boot:/path/{i}".encode()) for i in range(100)}
+    others.discard(mine)
+    try:
+        assert cl.publish(base + mine, b"x") == 0
+        counts = {t: cl.publish(base + t, b"x") for t in others}
+        assert set(counts.values()) == {1}, [t for t, n in counts.items() if n != 1][:5]
+        # a channel of another prefix, or a longer one, is not ours either
+        assert cl.publish(b"other:__inval__:" + others.pop(), b"x") == 0
+        assert cl.publish(base + mine + b"0", b"x") == 0
+    finally:
+        ps.close()
+
+
+def test_a_write_never_wakes_its_own_nodes_listener(tmp_path, url):
+    """Writes of this node -- this process or another one on the same local
+    path -- are not delivered to its listener (nothing to apply, and no wake-up
+    on the write path); another node's writes are, once each."""
+    # a prefix of its own: a listener of this process that hears only a
+    a = machine(tmp_path, "a", url, remote_prefix="wake:")
+    r = a._r()
+    start = r.invalidations
+    for i in range(50):
+        a[("k", i)] = i
+    a.delete(("k", 0))
+    a.pop(("k", 1))
+    a.set_many({"m": 1})
+    a.incr("n")
+    a.touch(("k", 2), ttl=60)
+
+    def other_process(path, prefix):
+        code = ("import lmdbcache, sys; c = lmdbcache.Cache(sys.argv[1], remote=sys.argv[2], "
+                "remote_prefix='wake:'); [c.set((sys.argv[3], i), i) for i in range(20)]")
+        subprocess.run([sys.executable, *SAFE_PATH, "-c", code, str(path), url, prefix],
+                       check=True, timeout=60, cwd=tmp_path)
+
+    other_process(tmp_path / "a", "p")  # the same node
+    # the other process's local copies stay: nothing of this node dropped them
+    assert all(a._get_raw(("p", i)) is not None for i in range(20))
+    time.sleep(0.3)
+    assert r.invalidations == start
+    other_process(tmp_path / "b", "q")  # another node
+    assert wait_for(lambda: r.invalidations == start + 20, 5), r.invalidations - start
+    time.sleep(0.3)
+    assert r.invalidations == start + 20
+
+
+def test_a_closed_paths_patterns_are_dropped(tmp_path, url, server):
+    """When the last cache of a local path goes away, the listener stops
+    listening for it: its patterns would match this node's own writes."""
+    import gc
+
+    a = machine(tmp_path, "a", url, remote_prefix="drop:")
+    b = machine(tmp_path, "b", url, remote_prefix="drop:")
+    r = a._r()
+    assert len(r.origins) == 2
+    del b
+    gc.collect()
+    assert wait_for(lambda: len(r.origins) == 1, 5)
+    cl = server.client()
+    # only a's own patterns are left at the server: a's channel matches none
+    assert wait_for(lambda: cl.publish(r.channel(a), b"x") == 0, 5)
+    start = r.invalidations
+    for i in range(20):
+        a[("k", i)] = i
+    time.sleep(0.3)
+    assert r.invalidations == start
+    # and a path that comes back is listened for again
+    b = machine(tmp_path, "b", url, remote_prefix="drop:")
+    b["k"] = 1
+    assert wait_for(lambda: a.get("k") == 1, 5)
