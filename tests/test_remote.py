@@ -40,7 +40,8 @@ def _free_port():
 class RedisServer:
     """A redis-server on a loopback port, started and killed by the tests."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, *extra):
+        self.extra = list(extra)
         self.port = _free_port()
         self.dir = tmp
         self.proc = None
@@ -49,7 +50,7 @@ class RedisServer:
     def start(self):
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)],
+             "--appendonly", "no", "--dir", str(self.dir), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.time() + 10
@@ -547,3 +548,52 @@ def test_a_closed_paths_patterns_are_dropped(tmp_path, url, server):
     b = machine(tmp_path, "b", url, remote_prefix="drop:")
     b["k"] = 1
     assert wait_for(lambda: a.get("k") == 1, 5)
+
+
+def test_nothing_redis_acknowledged_is_lost_across_a_sigkill(tmp_path):
+    """A server that persists every write (AOF, fsync always) is SIGKILLed
+    while a machine writes and restarted: every write that returned (Redis
+    acknowledged it; remote_errors="raise" makes the others raise) is read back
+    by another machine, and by the writer after its reconnect."""
+    import threading
+
+    srv = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
+    srv.start()
+    try:
+        a = machine(tmp_path, "a", srv.url, remote_errors="raise", remote_prefix="aof:")
+        acked, refused = {}, 0
+        stop = threading.Event()
+
+        def write():
+            nonlocal refused
+            i = 0
+            while not stop.is_set():
+                try:
+                    a[("k", i)] = {"i": i}
+                    acked[i] = True
+                except lmdbcache.remote.RemoteError:
+                    refused += 1
+                    time.sleep(0.005)
+                i += 1
+
+        t = threading.Thread(target=write)
+        t.start()
+        try:
+            assert wait_for(lambda: len(acked) >= 200, 30)
+            srv.kill()
+            assert wait_for(lambda: refused >= 5, 10)
+            srv.start()
+            n = len(acked)
+            assert wait_for(lambda: len(acked) >= n + 200, 30)
+        finally:
+            stop.set()
+            t.join(30)
+        assert refused >= 5 and len(acked) >= 400
+        b = machine(tmp_path, "b", srv.url, remote_prefix="aof:")
+        got = b.get_many([("k", i) for i in acked])
+        lost = [i for i in acked if got.get(("k", i)) != {"i": i}]
+        assert not lost, f"{len(lost)} of {len(acked)} acknowledged writes lost: {lost[:10]}"
+        assert wait_for(lambda: a._r().listening(a), 5)
+        assert all(a[("k", i)] == {"i": i} for i in acked)
+    finally:
+        srv.kill()
