@@ -16,7 +16,9 @@ in the cache's internal ``__memo__`` namespace, where
   *ignore* are dropped), plus the state bound into the callable: a partial's
   args and keywords, a bound method's or a callable instance's ``self``, and the
   immutable values a nested function captures (numbers, str, bytes, None,
-  tuples and frozensets of them; functions and classes by name).  Small scalar
+  tuples and frozensets of them; a captured function by its code fingerprint,
+  defaults and own captured values, recursively; a class of a module by name,
+  a class defined inside a function by its methods and class attributes).  Small scalar
   arguments stay in the key as they are; anything else is pickled and hashed
   (128-bit, ``_core._hash128``), so large arguments never bloat keys.  NumPy
   arrays are hashed by dtype, shape and content.
@@ -42,6 +44,7 @@ import threading
 import time
 import types
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, overload
 
 from . import _core
@@ -157,21 +160,184 @@ def _resolve(func: Any) -> tuple:
 _SCALARS = (int, float, complex, bool, str, bytes, _NoneType)
 
 
-def _captured_key(value: Any, depth: int = 0) -> Any:
+_FN_DEPTH = 8  # captured functions deeper than this are keyed without their closure
+_CLASS_DEPTH = 4  # local classes nested deeper than this are keyed by name
+_CUT = "<cut>"  # stands for a cycle or the depth limit
+
+# Per function object: (code, defaults, kwdefaults, (id, fingerprint)).  The
+# fingerprint is computed once per code version, like the decorated function's.
+_FN_STATIC: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# Per class defined inside a function: its key, computed when first seen.
+_CLASS_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_tls = threading.local()  # local classes whose key is being computed
+
+
+def _captured_key(value: Any, depth: int = 0, seen: set | None = None,
+                  deps: tuple | None = None) -> Any:
     """How a captured value enters the key, or _MISS when it is state (mutable
     objects, instances): numbers, str, bytes, None and tuples/frozensets of
-    them are kept; functions and classes are keyed by name."""
+    them are kept; a function by what it does (_function_key); a class of a
+    module by name, a class defined inside a function by its methods
+    (_class_key); a builtin by name.  *deps*, when given, collects what the
+    key was read from (_deps_valid)."""
     t = type(value)
     if t in _SCALARS:
         return value
     if (t is tuple or t is frozenset) and depth < 20:
-        items = [_captured_key(v, depth + 1) for v in value]
+        items = [_captured_key(v, depth + 1, seen, deps) for v in value]
         if any(v is _MISS for v in items):
             return _MISS
         return tuple(items) if t is tuple else frozenset(items)
-    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type, _Wrapper)):
+    if t is types.FunctionType:
+        return _function_key(value, depth, seen, deps)
+    if isinstance(value, _Wrapper):
+        return _memoized_key(value, depth, seen, deps)
+    if isinstance(value, type):
+        return _class_key(value)
+    if isinstance(value, types.BuiltinFunctionType):
         return ("<function>", function_id(value))
     return _MISS
+
+
+def _function_static(func: types.FunctionType) -> tuple:
+    """(id, fingerprint of code and defaults) of func, cached per function
+    object and recomputed when its code or defaults are replaced."""
+    code, defaults, kwdefaults = func.__code__, func.__defaults__, func.__kwdefaults__
+    hit = _FN_STATIC.get(func)
+    if hit is not None and hit[0] is code and hit[1] is defaults and hit[2] is kwdefaults:
+        return hit[3]
+    static = (function_id(func), _fingerprint_of(func, func))
+    try:
+        _FN_STATIC[func] = (code, defaults, kwdefaults, static)
+    except TypeError:  # pragma: no cover - not weak-referenceable
+        pass
+    return static
+
+
+def _function_key(func: types.FunctionType, depth: int, seen: set | None,
+                  deps: tuple | None = None) -> tuple:
+    """A captured function: its id, the fingerprint of its code and defaults
+    (cached), and the immutable values it captures itself, read now (they can
+    be rebound, like the decorated function's), recursively.  A cycle (a
+    recursive function captures itself) or more than _FN_DEPTH levels cut the
+    recursion: the function there is keyed without its closure."""
+    if deps is not None:
+        deps[0].append((func, func.__code__, func.__defaults__, func.__kwdefaults__))
+    static = _function_static(func)
+    closure = func.__closure__
+    if not closure:
+        return ("<function>",) + static
+    if seen is None:
+        seen = set()
+    if id(func) in seen or depth >= _FN_DEPTH:
+        return ("<function>",) + static + (_CUT,)
+    seen.add(id(func))
+    try:
+        captured = []
+        for name, cell in zip(func.__code__.co_freevars, closure):
+            try:
+                v = cell.cell_contents
+            except ValueError:  # an empty cell
+                if deps is not None:
+                    deps[1].append((cell, _MISS))
+                continue
+            if deps is not None:
+                deps[1].append((cell, v))
+            k = _captured_key(v, depth + 1, seen, deps)
+            if k is not _MISS:
+                captured.append((name, k))
+    finally:
+        seen.discard(id(func))
+    return ("<function>",) + static + (tuple(captured),)
+
+
+def _memoized_key(wrapper: "_Wrapper", depth: int, seen: set | None,
+                  deps: tuple | None = None) -> tuple:
+    """A captured memoized function: keyed as the function it wraps."""
+    if seen is None:
+        seen = set()
+    if id(wrapper) in seen:
+        return ("<memoized>", function_id(wrapper), _CUT)
+    inner = wrapper._state.__wrapped__
+    seen.add(id(wrapper))
+    try:
+        k = _captured_key(inner, depth + 1, seen, deps)
+    finally:
+        seen.discard(id(wrapper))
+    if k is _MISS:  # a partial, a bound method, a callable instance
+        k = function_id(wrapper)
+    return ("<memoized>", k)
+
+
+def _deps_valid(deps: tuple) -> bool:
+    """Is a captured function's key still what it was computed from: the same
+    code and defaults of every function it walked, the same object in every
+    cell it read?  Identity checks only; the cache entry keeps the objects."""
+    for func, code, defaults, kwdefaults in deps[0]:
+        if (func.__code__ is not code or func.__defaults__ is not defaults
+                or func.__kwdefaults__ is not kwdefaults):
+            return False
+    for cell, value in deps[1]:
+        try:
+            current = cell.cell_contents
+        except ValueError:
+            current = _MISS
+        if current is not value:
+            return False
+    return True
+
+
+def _class_key(cls: type) -> tuple:
+    """A class of a module: by module.qualname.  A class defined inside a
+    function (``<locals>`` in its qualname, so many classes can share it): by a
+    digest of the keys of the attributes of each such class in its MRO --
+    methods (static, class methods and properties included) as captured
+    functions, immutable class attributes as they are.  Computed once per class
+    object, when first seen: rebinding a method or a variable its methods
+    capture later is not seen."""
+    name = function_id(cls)
+    qualname = getattr(cls, "__qualname__", None)
+    if not isinstance(qualname, str) or "<locals>" not in qualname:
+        return ("<class>", name)
+    try:
+        cached = _CLASS_KEYS.get(cls)
+    except TypeError:  # pragma: no cover - an unhashable metaclass instance
+        cached = None
+    if cached is not None:
+        return cached
+    stack = getattr(_tls, "classes", None)
+    if stack is None:
+        stack = _tls.classes = []
+    if any(c is cls for c in stack) or len(stack) >= _CLASS_DEPTH:
+        return ("<class>", name, _CUT)
+    outermost = not stack
+    stack.append(cls)
+    try:
+        parts = []
+        for klass in cls.__mro__:
+            kq = getattr(klass, "__qualname__", None)
+            if not isinstance(kq, str) or "<locals>" not in kq:
+                parts.append(("<base>", function_id(klass)))
+                continue
+            for attr, value in sorted(vars(klass).items()):
+                if isinstance(value, (staticmethod, classmethod)):
+                    value = value.__func__
+                elif isinstance(value, property):
+                    value = (value.fget, value.fset, value.fdel)
+                # the methods' closures are walked afresh: the key does not
+                # depend on where the class was first seen
+                k = _captured_key(value)
+                if k is not _MISS:
+                    parts.append((attr, k))
+        key = ("<class>", name, _digest_value(tuple(parts)).hex())
+    finally:
+        stack.pop()
+    if outermost:  # keys of classes met inside another class's cycle are not kept
+        try:
+            _CLASS_KEYS[cls] = key
+        except TypeError:  # pragma: no cover
+            pass
+    return key
 
 
 def _canonical(value: Any, depth: int = 0) -> Any:
@@ -302,6 +468,7 @@ class _Memoized:
         self._misses = 0
         closure = getattr(self._target, "__closure__", None) if self._holder is self._target else None
         self._closure = closure or None
+        self._captured_cache: dict = {}  # closure cell index -> (value, deps, key)
         try:
             sig = inspect.signature(func)
         except (TypeError, ValueError):
@@ -394,16 +561,34 @@ class _Memoized:
             out.append(("self" if kind == "self" else "<partial>", value))
         if self._closure:
             captured = []
-            for cell in self._closure:
+            for i, cell in enumerate(self._closure):
                 try:
-                    v = _captured_key(cell.cell_contents)
+                    value = cell.cell_contents
                 except ValueError:  # an empty cell
                     continue
+                if type(value) is types.FunctionType or isinstance(value, _Wrapper):
+                    v = self._callable_key(i, value)
+                else:
+                    v = _captured_key(value)
                 if v is not _MISS:
                     captured.append(v)
             if captured:
                 out.append(("<closure>", tuple(captured)))
         return out
+
+    def _callable_key(self, i: int, value: Any) -> tuple:
+        """The key of the function (or memoized function) in closure cell *i*:
+        computed when the cell is rebound or anything the key was read from
+        changes (_deps_valid), else reused, so a hit does not walk and digest
+        the captured function again.  A compact ``(kind, id, digest)``."""
+        hit = self._captured_cache.get(i)
+        if hit is not None and hit[0] is value and _deps_valid(hit[1]):
+            return hit[2]
+        deps: tuple = ([], [])
+        full = _captured_key(value, 0, None, deps)
+        key = (full[0], function_id(value), _digest_value(full).hex())
+        self._captured_cache[i] = (value, deps, key)
+        return key
 
     def _key(self, args: tuple, kwargs: dict) -> tuple:
         """prefix + the bound argument values when they are all small scalars

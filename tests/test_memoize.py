@@ -1208,6 +1208,120 @@ def test_captured_immutable_values_are_in_the_key(cache):
     assert LOG == [(1, 1), (2, 1)]
 
 
+def test_captured_functions_and_local_classes_are_keyed_by_behaviour(cache):
+    # Functions made by one factory share a qualname but not their behaviour:
+    # a closure capturing make(1) must not return what one capturing make(2)
+    # computed.
+    def make(k):
+        def step(x):
+            return x + k
+        return step
+
+    def use(fn):
+        @cache.memoize
+        def apply(x):
+            LOG.append(("apply", x))
+            return fn(x)
+        return apply
+
+    assert use(make(1))(10) == 11
+    assert use(make(2))(10) == 12  # same qualname, other captured value
+    assert use(make(1))(10) == 11  # equal behaviour: a hit
+    assert LOG == [("apply", 10), ("apply", 10)]
+
+    # Same qualname, different code (two branches of one factory).
+    def pick(flag):
+        if flag:
+            def op(x):
+                return x * 10
+        else:
+            def op(x):
+                return x * 100
+        return op
+
+    assert use(pick(True))(3) == 30
+    assert use(pick(False))(3) == 300
+
+    # Same qualname, different defaults.
+    def with_default(d):
+        def op(x, d=d):
+            return x - d
+        return op
+
+    assert use(with_default(1))(10) == 9
+    assert use(with_default(5))(10) == 5
+
+    # Nested: a captured function capturing a captured function.
+    def compose(f):
+        def g(x):
+            return f(x) * 2
+        return g
+
+    assert use(compose(make(1)))(1) == 4
+    assert use(compose(make(3)))(1) == 8
+
+    # Classes defined inside a function share a qualname too.
+    def klass(flag):
+        if flag:
+            class Op:
+                def run(self, x):
+                    return x + 1000
+        else:
+            class Op:
+                def run(self, x):
+                    return x + 2000
+        return Op
+
+    def use_class(cls):
+        @cache.memoize
+        def run(x):
+            return cls().run(x)
+        return run
+
+    assert use_class(klass(True))(1) == 1001
+    assert use_class(klass(False))(1) == 2001
+    assert use_class(klass(True))(1) == 1001
+
+    # ... and by the values their methods capture (super() makes a cycle).
+    def klass_of(k):
+        class Base:
+            def run(self, x):
+                return x
+
+        class Op(Base):
+            def run(self, x):
+                return super().run(x) + k
+        return Op
+
+    assert use_class(klass_of(1))(1) == 2
+    assert use_class(klass_of(2))(1) == 3
+
+    # A value a captured function captures is read at each call, like the
+    # memoized function's own: rebinding it changes the key.
+    k = 1
+
+    def inner(x):
+        return x + k
+
+    @cache.memoize
+    def outer(x):
+        return inner(x)
+
+    assert outer(1) == 2
+    k = 2
+    assert outer(1) == 3
+    k = 1
+    assert outer(1) == 2
+
+    # A recursive captured function (it captures itself) works.
+    def fact_maker():
+        def fact(n):
+            return 1 if n <= 1 else n * fact(n - 1)
+        return fact
+
+    assert use(fact_maker())(5) == 120
+
+
 def test_joblib_scenarios_lambda_nested_args_as_kwargs(cache):
     lam = cache.memoize(lambda x, y=1: LOG.append((x, y)) or x + y)
     assert lam(1) == lam(1, 1) == lam(x=1, y=1) == lam(1, y=1) == 2
