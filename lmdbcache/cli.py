@@ -279,7 +279,13 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def _each_namespace(cache: Cache, fn: Callable[[Cache], Any], label: str, quiet: bool) -> list:
     names = _namespace_names(cache._survey()["subdbs"])
-    stores = [cache._open_namespace(n) for n in names]
+    return _each_store(cache, [cache._open_namespace(n) for n in names], fn, label, quiet)
+
+
+def _each_store(cache: Cache, stores: list, fn: Callable[[Cache], Any], label: str,
+                quiet: bool) -> list:
+    """fn(store) for each store, with a progress bar counting their entries;
+    closes the stores other than *cache*."""
     try:
         sizes = [len(s) for s in stores]
         total = sum(sizes)
@@ -299,16 +305,21 @@ def _each_namespace(cache: Cache, fn: Callable[[Cache], Any], label: str, quiet:
                 s.close()
 
 
+def _count_and_clear(store: Cache) -> int:
+    n = len(store)
+    store.clear()
+    return n
+
+
 def cmd_clear(args: argparse.Namespace) -> int:
     cache = open_cache(args.path, allow_shared=args.allow_shared, write=True,
                        namespace=args.namespace)
     quiet = quiet_of(args)
     try:
         if args.namespace is not None:
-            n = len(cache)
-            cache.clear()
+            n = sum(_each_store(cache, [cache], _count_and_clear, "clear", quiet))
         else:
-            n = sum(_each_namespace(cache, lambda s: (len(s), s.clear())[0], "clear", quiet))
+            n = sum(_each_namespace(cache, _count_and_clear, "clear", quiet))
     finally:
         cache.close()
     if not args.quiet:
@@ -398,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.add_argument("path", metavar="PATH", help="the cache directory")
         sp.add_argument("-q", "--quiet", action="store_true",
-                        help="no progress bar and no summary line")
+                        help="no progress bar; rm, clear, copy and compact also print "
+                             "nothing on success (the other commands still print their "
+                             "result)")
         sp.add_argument("--allow-shared", action="store_true",
                         help="open a directory other users can write (they can run code "
                              "in this process: see the Security page)")

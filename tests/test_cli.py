@@ -413,6 +413,30 @@ def test_progress_bar_clear_on_a_terminal(terminal, big, tmp_path):
     assert "removed 50,000 entries" in screen
 
 
+def test_progress_bar_clear_namespace_on_a_terminal(terminal, tmp_path):
+    path = str(tmp_path / "ns")
+    with lmdbcache.Cache(path) as c:
+        c["kept"] = 1
+        c.namespace("users").update({i: b"x" * 100 for i in range(3000)})
+    screen = terminal.run("clear", path, "--namespace", "users")
+    assert "] 100%  3,000 / 3,000 entries" in bar_line(screen, "clear")
+    assert "removed 3,000 entries" in screen
+    assert screen[-1] == "EXIT=0"
+    with lmdbcache.Cache(path) as c:
+        assert len(c) == 1 and len(c.namespace("users")) == 0
+        c.namespace("users")["again"] = 1
+    screen = terminal.run("clear", path, "-n", "users", "-q")
+    assert screen == ["EXIT=0"]
+
+
+def test_quiet_help_says_what_still_prints():
+    proc = run("verify", "--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert "no summary line" not in text
+    assert "rm, clear, copy and compact also print nothing" in text
+
+
 def test_quiet_on_a_terminal(terminal, big, tmp_path):
     screen = terminal.run("copy", big, str(tmp_path / "quiet"), "--quiet")
     assert screen == ["EXIT=0"]

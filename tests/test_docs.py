@@ -46,3 +46,22 @@ def test_links_leave_the_repository_only_for_public_sites():
             if "://" in target:
                 continue
             assert os.path.exists(os.path.join(os.path.dirname(page), target)), (page, target)
+
+
+def test_architecture_has_no_web_links():
+    with open(os.path.join(DOCS, "architecture.md")) as f:
+        text = f.read()
+    assert not re.findall(r"https?://", text)
+
+
+def test_mkdocs_build_strict(tmp_path):
+    """The site builds with --strict: a page, a nav entry or an API reference
+    (mkdocstrings' ::: lmdbcache.X) that points at something missing fails."""
+    mkdocs = os.path.join(os.path.dirname(sys.executable), "mkdocs")
+    if not os.path.exists(mkdocs):
+        pytest.skip("mkdocs is not installed (it is in the test extra)")
+    proc = subprocess.run([mkdocs, "build", "--strict", "--quiet", "--config-file",
+                           os.path.join(ROOT, "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert os.path.exists(tmp_path / "site" / "reference" / "index.html")

@@ -8,8 +8,8 @@ stores results in one LMDB file shared by every process.
 
 Results are keyed like :func:`lmdbcache.memoize` keys them: the function's
 module and qualified name, a fingerprint of its code, and the arguments (large
-ones, such as arrays and estimators, by a SHA-256 of their pickle; NumPy arrays
-by dtype, shape and content).  It needs neither joblib nor scikit-learn.
+ones, such as arrays and estimators, by a 128-bit non-cryptographic hash of
+their pickle, ``_core._hash128``; NumPy arrays by dtype, shape and content).  It needs neither joblib nor scikit-learn.
 """
 from __future__ import annotations
 
