@@ -578,11 +578,11 @@ PyObject *lmc_store_env_info(StoreObject *self, PyObject *Py_UNUSED(ignored))
         goto lmdb_error;
     pages = ns.ms_branch_pages + ns.ms_leaf_pages + ns.ms_overflow_pages;
     result = Py_BuildValue(
-        "{s:n,s:n,s:n,s:n,s:I,s:I,s:n}", "map_size", (Py_ssize_t)info.me_mapsize, "used_bytes",
-        (Py_ssize_t)((info.me_last_pgno + 1) * ms.ms_psize), "namespace_bytes",
+        "{s:n,s:n,s:n,s:n,s:I,s:I,s:n,s:i}", "map_size", (Py_ssize_t)info.me_mapsize,
+        "used_bytes", (Py_ssize_t)((info.me_last_pgno + 1) * ms.ms_psize), "namespace_bytes",
         (Py_ssize_t)(pages * ms.ms_psize), "page_size", (Py_ssize_t)ms.ms_psize, "max_readers",
         info.me_maxreaders, "readers", info.me_numreaders, "size_limit",
-        (Py_ssize_t)e->size_limit);
+        (Py_ssize_t)e->size_limit, "bounds_checked", e->map_lo != NULL);
     goto leave;
 lmdb_error:
     lmc_raise_env(self->state, rc, "read environment info", e);

@@ -42,7 +42,11 @@
  * compare, no syscall) and acquire a fresh Env.  Releasing an abandoned Env
  * frees only this struct: the inherited MDB_env leaks until exit.
  *
- * Transactions.  Every txn starts in lmc_env_begin (one retry policy).  The
+ * Transactions.  Every txn starts in lmc_env_begin (one retry policy), except
+ * two short read txns in space.c (free_pages, map_base): they run while the
+ * map is being sized, under the size lock, so they must not adopt a map size
+ * themselves; they fail soft (no free-page credit, no bounds check -- a test
+ * asserts the check is on after open, growth and adoption).  The
  * Env is opened with MDB_NOTLS, so a reader slot belongs to a txn, not a
  * thread.  Reads use `rtxn`: renew -> get -> copy out -> reset, all with the
  * GIL held and no Python code running in between, so `rtxn` is never used by

@@ -140,13 +140,14 @@ static int other_readers(lmc_env *e, pid_list *out)
 }
 
 /* Names of the sub-database records of the main DB (they sort before every
- * user key, see LMC_FIRST_KEY_TAG), and the format version in __meta__.  No
- * Python code runs under the txn: decoding bytes calls none. */
-static int list_subdbs(lmc_env *e, PyObject *names, long *format)
+ * user key, see LMC_FIRST_KEY_TAG), the format version in __meta__ and the
+ * LMDB release that created the cache ("" when not recorded).  No Python code
+ * runs under the txn: decoding bytes calls none. */
+static int list_subdbs(lmc_env *e, PyObject *names, long *format, char *created, size_t cap)
 {
     MDB_txn *txn;
     MDB_cursor *cur;
-    MDB_val k, v, fk = {6, (void *)"format"};
+    MDB_val k, v, fk = {6, (void *)"format"}, lk = {4, (void *)"lmdb"};
     char buf[16], *end;
     int rc = lmc_read_begin(e, &txn);
 
@@ -159,6 +160,12 @@ static int list_subdbs(lmc_env *e, PyObject *names, long *format)
         *format = strtol(buf, &end, 10);
         if (*end != '\0')
             *format = 0;
+    }
+    created[0] = '\0';
+    if (mdb_get(txn, e->meta_dbi, &lk, &v) == 0 && v.mv_size < cap &&
+        memchr(v.mv_data, '\0', v.mv_size) == NULL) {
+        memcpy(created, v.mv_data, v.mv_size);
+        created[v.mv_size] = '\0';
     }
     rc = mdb_cursor_open(txn, e->main_dbi, &cur);
     if (rc == 0) {
@@ -188,6 +195,7 @@ static PyObject *maint_survey(lmc_state *st, lmc_env *e)
     pid_list pids;
     PyObject *names = NULL, *pidl = NULL, *res = NULL;
     long format = 0;
+    char created[32];
     int rc, i;
 
     if ((rc = mdb_env_info(e->env, &info)) != 0 || (rc = mdb_env_stat(e->env, &ms)) != 0 ||
@@ -206,19 +214,19 @@ static PyObject *maint_survey(lmc_state *st, lmc_env *e)
             goto error;
         PyList_SET_ITEM(pidl, i, p);
     }
-    rc = list_subdbs(e, names, &format);
+    rc = list_subdbs(e, names, &format, created, sizeof(created));
     if (rc == -1)
         goto error;
     if (rc != 0)
         goto lmdb_error;
     res = Py_BuildValue(
-        "{s:O,s:O,s:i,s:K,s:n,s:n,s:n,s:I,s:I,s:n,s:i,s:i,s:l}", "subdbs", names, "other_pids",
+        "{s:O,s:O,s:i,s:K,s:n,s:n,s:n,s:I,s:I,s:n,s:i,s:i,s:l,s:s}", "subdbs", names, "other_pids",
         pidl, "pids_truncated", pids.truncated, "last_txnid",
         (unsigned long long)info.me_last_txnid, "map_size", (Py_ssize_t)info.me_mapsize,
         "used_bytes", (Py_ssize_t)((info.me_last_pgno + 1) * ms.ms_psize), "page_size",
         (Py_ssize_t)ms.ms_psize, "readers", info.me_numreaders, "max_readers",
         info.me_maxreaders, "env_refs", e->refcnt, "readonly", (e->flags & MDB_RDONLY) != 0,
-        "nosync", (e->flags & MDB_NOSYNC) != 0, "format", format);
+        "nosync", (e->flags & MDB_NOSYNC) != 0, "format", format, "created_lmdb", created);
     Py_DECREF(names);
     Py_DECREF(pidl);
     return res;

@@ -192,6 +192,7 @@ def cmd_stat(args: argparse.Namespace) -> int:
             "other_pids": survey["other_pids"],
             "format_version": survey["format"],
             "lmdb_version": ".".join(map(str, _core.lmdb_version())),
+            "created_by_lmdb": survey["created_lmdb"] or None,
             "lmdbcache_version": __version__,
             "unsynced_boot_id": unsynced,
         }
@@ -206,14 +207,17 @@ def cmd_stat(args: argparse.Namespace) -> int:
         ("entries", f"{info['entries']:,}  ({ns_text})"),
         ("data", f"{human(data_bytes)} in pages of keys and values"),
         ("used", f"{human(info['used_bytes'])} (highest page in use; free pages included)"),
-        ("file", f"{human(on_disk)} on disk, {human(apparent)} apparent (ls -l; sparse)"),
+        ("file", f"{human(on_disk)} on disk, {human(apparent)} apparent (ls -l"
+                 f"{'; sparse' if on_disk < apparent else ''})"),
         ("map size", human(info["map_size"])),
         ("size_limit", "set by each process when it opens the cache (not stored)"),
         ("eviction", f"{policy} index present" if policy else "no eviction index"),
         ("readers", f"{info['readers']} of {info['max_readers']} slots in use; other "
                     f"processes: {', '.join(map(str, info['other_pids'])) or 'none'}"),
         ("format", f"{info['format_version']} (lmdbcache {__version__}, "
-                   f"LMDB {info['lmdb_version']})"),
+                   f"LMDB {info['lmdb_version']}"
+                   + (f"; created by LMDB {info['created_by_lmdb']}" if info["created_by_lmdb"]
+                      else "") + ")"),
         ("last writer", f"boot {unsynced} holds unsynced writes" if unsynced
                         else "all writes synced (no unsynced marker)"),
     ]

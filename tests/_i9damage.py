@@ -362,27 +362,58 @@ def open_outcome(path, mode):
 
 
 def unpickle_errors(directory):
-    """Store pickled values, then rewrite module and class names in the file
-    (same length, so the record stays well-formed) and read them back: what
-    does each get raise?"""
-    path = os.path.join(directory, "cache")
+    """Store values whose classes live in modules of our own, then change or
+    delete those modules (as a renamed class or a removed package does) and
+    read the values back: each get must raise CorruptError, chained to the
+    unpickler's own error.  The records themselves stay intact, so their
+    checksums pass and the unpickler really runs."""
+    import importlib
+
+    sys.dont_write_bytecode = True
+    mods = os.path.join(directory, "mods")
+    os.makedirs(mods, exist_ok=True)
+    sys.path.insert(0, mods)
+
+    def write(name, text):
+        with open(os.path.join(mods, name + ".py"), "w") as f:
+            f.write(text)
+
+    write("lmc_gone_mod", "class Thing:\n    pass\n")
+    write("lmc_changed_mod", (
+        "class Renamed:\n    pass\n"
+        "def make(a, b):\n    return (a, b)\n"
+        "class Point:\n"
+        "    def __init__(self, x):\n        self.x = x\n"
+        "    def __reduce__(self):\n        return (make, (self.x, 2))\n"
+        "def check(a):\n    return a\n"
+        "class Checked:\n"
+        "    def __init__(self, x):\n        self.x = x\n"
+        "    def __reduce__(self):\n        return (check, (self.x,))\n"
+        "class State:\n    pass\n"))
+    gone = importlib.import_module("lmc_gone_mod")
+    changed = importlib.import_module("lmc_changed_mod")
+    st = changed.State()
+    st.v = 1
     values = {
-        "module": collections.OrderedDict(a=1),          # collections -> collectionz
-        "attribute": fractions.Fraction(1, 3),            # Fraction -> Fractioz
-        "type": datetime.date(2020, 1, 2),                 # date(...) args garbled
+        "module": gone.Thing(),                 # its module is deleted
+        "attribute": changed.Renamed(),         # its class is renamed away
+        "type": changed.Point(1),               # make() now takes one argument
+        "value": ("ok", changed.Checked(5)),    # check() now rejects the value
+        "setstate": st,                         # __setstate__ now raises
     }
+    path = os.path.join(directory, "cache")
     with Cache(path, durability="full") as c:
         for k, v in values.items():
             c[k] = v
-    data_path = os.path.join(path, "data.mdb")
-    with open(data_path, "rb") as f:
-        data = f.read()
-    data = data.replace(b"collections", b"collectionz").replace(b"Fraction", b"Fractioz")
-    stamp = pickle.dumps(datetime.date(2020, 1, 2), protocol=5)
-    marker = b"\x07\xe4\x01\x02"  # the date's state bytes
-    data = data.replace(marker, b"\xff\xff\xff\xff") if marker in stamp else data
-    with open(data_path, "wb") as f:
-        f.write(data)
+    os.unlink(os.path.join(mods, "lmc_gone_mod.py"))
+    write("lmc_changed_mod", (
+        "def make(a):\n    return a\n"
+        "def check(a):\n    raise ValueError(f'{a} is not allowed now')\n"
+        "class State:\n"
+        "    def __setstate__(self, state):\n        raise TypeError('state layout changed')\n"))
+    for name in ("lmc_gone_mod", "lmc_changed_mod"):
+        sys.modules.pop(name, None)
+    importlib.invalidate_caches()
     out = {}
     with Cache(path, durability="full") as c:
         for k in values:
@@ -390,6 +421,10 @@ def unpickle_errors(directory):
                 out[k] = {"returned": repr(c.get(k))[:80]}
             except Exception as exc:  # noqa: BLE001
                 out[k] = _exc("get", exc)
+                out[k]["cause"] = type(exc.__cause__).__name__ if exc.__cause__ else None
+            # the damaged entry can still be replaced, and others still read
+            c[k] = "replaced"
+            out[k]["replaced"] = c[k] == "replaced"
     return out
 
 

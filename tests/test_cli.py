@@ -61,6 +61,8 @@ def test_stat_text(path):
     assert "readers" in out and "of 1024 slots" in out
     assert f"format       {lmdbcache.FORMAT_VERSION}" in out
     assert "LMDB " + ".".join(map(str, lmdbcache.lmdb_version())) in out
+    # the release that created the cache, from its __meta__
+    assert "created by LMDB " + ".".join(map(str, lmdbcache.lmdb_version())) + ")" in out
 
 
 def test_stat_json(path):
@@ -74,6 +76,7 @@ def test_stat_json(path):
     assert info["used_bytes"] >= info["data_bytes"]
     assert info["apparent_bytes"] == os.stat(os.path.join(path, "data.mdb")).st_size
     assert info["format_version"] == lmdbcache.FORMAT_VERSION
+    assert info["created_by_lmdb"] == ".".join(map(str, lmdbcache.lmdb_version()))
     assert info["other_pids"] == []
 
 

@@ -967,3 +967,145 @@ def test_corrupt_record_policy(tmp_path, path):
         c.close()
         finish()
     ''', path, cwd=tmp_path)
+
+
+# ---- audit additions: a writer waiting on a closed cache, an aborted namespace,
+# ---- eviction over corrupt records ------------------------------------------------
+
+
+def test_writer_waiting_on_write_lock_survives_the_holder_closing(tmp_path, path):
+    """Issue 8 item 3: one thread holds transaction(), others wait to write
+    (in set() and in transaction()); the holder commits and closes the cache
+    (then churns memory).  The waiters wake on a live Env, finish, and every
+    write is there."""
+    run_child(r'''
+        path = sys.argv[1]
+        many_switches()
+        c = Cache(path)
+        for rnd in range(150):
+            holding = threading.Event()
+            done = []
+
+            def waiter_set(i=rnd):
+                holding.wait()
+                c.set(("s", i), i)
+                done.append("set")
+
+            def waiter_txn(i=rnd):
+                holding.wait()
+                with c.transaction():
+                    c[("t", i)] = i
+                done.append("txn")
+
+            ws = [threading.Thread(target=waiter_set), threading.Thread(target=waiter_txn)]
+            for w in ws:
+                w.start()
+            with c.transaction():
+                c[("h", rnd)] = rnd
+                holding.set()
+                time.sleep(0.001)  # the waiters block on the write lock now
+            c.close()
+            churn()
+            for w in ws:
+                w.join(10)
+                check(not w.is_alive(), "waiter stuck in round", rnd)
+            check(sorted(done) == ["set", "txn"], "round", rnd, done)
+            del JUNK[:]
+        for rnd in range(150):
+            for kind in "hst":
+                check(c.get((kind, rnd)) == rnd, "lost", kind, rnd)
+        c.close()
+        finish()
+    ''', path, cwd=tmp_path, timeout=120)
+
+
+def test_namespace_created_in_an_aborted_transaction_is_usable(tmp_path, path):
+    """Issue 8 item 9: a namespace first created inside a transaction that is
+    then aborted: its Store's handle is gone with the txn.  The next call on
+    that Store (here, from several threads) looks the name up again, creates
+    the namespace anew, and nothing written in the aborted txn shows."""
+    run_child(r'''
+        path = sys.argv[1]
+        many_switches()
+        c = Cache(path)
+        for rnd in range(40):
+            name = "ns%d" % rnd
+            n = c.namespace(name)
+            try:
+                with c.transaction():
+                    n["aborted"] = 1
+                    c["aborted"] = 1
+                    raise KeyError("abort")
+            except KeyError:
+                pass
+            churn()
+            check(n.get("aborted") is None and c.get("aborted") is None, "aborted write shows")
+            errs = []
+
+            def use(t):
+                try:
+                    for i in range(20):
+                        n[(t, i)] = i
+                        check(n[(t, i)] == i, "namespace", name, t, i)
+                except Exception as exc:
+                    errs.append(repr(exc))
+
+            ts = [threading.Thread(target=use, args=(t,)) for t in range(3)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(10)
+            check(not errs, name, errs)
+            check(len(n) == 60, name, len(n))
+            del JUNK[:]
+        check(len(c.namespaces()) >= 40, c.namespaces())
+        c.close()
+        finish()
+    ''', path, cwd=tmp_path, timeout=120)
+
+
+@pytest.mark.parametrize("policy", ["least-recently-stored", "least-recently-used"])
+def test_eviction_over_corrupt_records(tmp_path, path, policy):
+    """Issue 8 item 9: eviction reaching records that are damaged (planted
+    with the CRC-less version-1 layout) drops them; it never crashes, never
+    makes a write fail, and the cache stays within its limit."""
+    run_child(r'''
+        path, policy = sys.argv[1], sys.argv[2]
+        with Cache(path, size_limit=1 << 20, eviction_policy=policy) as c:
+            for i in range(200):
+                c[("old", i)] = "v" * 100
+        finish()
+    ''', path, policy, cwd=tmp_path)
+    run_child(r'''
+        import lmdb
+        from lmdbcache import _core
+        path = sys.argv[1]
+        probe = Cache(path + "-probe")
+        kbs = [probe._key_raw(("old", i)) for i in range(0, 200, 3)]
+        probe.close()
+        env = lmdb.open(path, max_dbs=64)
+        with env.begin(write=True) as txn:
+            for kb in kbs:
+                check(txn.get(kb) is not None, "planted over nothing")
+                txn.put(kb, b"\x01Z\x00")
+        env.close()
+        finish()
+    ''', path, cwd=tmp_path)
+    run_child(r'''
+        path, policy = sys.argv[1], sys.argv[2]
+        c = Cache(path, size_limit=1 << 20, eviction_policy=policy)
+        for i in range(4000):
+            c[("new", i)] = os.urandom(600)  # several times the limit: evicts everything old
+        check(all(c.get(("new", i)) is not None for i in range(3990, 4000)), "newest gone")
+        olds = 0
+        for i in range(200):
+            try:
+                olds += c.get(("old", i)) is not None
+            except lmdbcache.CorruptError:
+                olds += 1
+        check(olds == 0, "old entries not evicted:", olds)
+        cap = (1 << 20) * 5 // 4 + (4 << 20)  # the documented bound of the map
+        check(os.path.getsize(os.path.join(path, "data.mdb")) <= cap, "file grew past cap")
+        c.close()
+        finish()
+    ''', path, policy, cwd=tmp_path, timeout=120)

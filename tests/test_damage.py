@@ -201,13 +201,19 @@ def test_dangling_data_symlink_is_an_error(tmp_path, mode):
 
 
 def test_unpickling_errors_are_corrupt_errors(tmp_path):
-    """A damaged pickle that names a missing module or attribute, or holds bad
-    constructor arguments, raises CorruptError (chained), not
-    ModuleNotFoundError / AttributeError / TypeError / ValueError."""
+    """A stored pickle whose module is gone, whose class was renamed, whose
+    constructor or __setstate__ now fails raises CorruptError chained to the
+    unpickler's error (not a bare ModuleNotFoundError / AttributeError /
+    TypeError / ValueError), and the entry can be overwritten."""
     res = _script("unpickle", tmp_path)
     assert res.returncode == 0, f"exit {res.returncode}\n{res.stderr}"
     out = json.loads(res.stdout.splitlines()[-1])
     record_figures("unpickle", trials=len(out),
                    outcomes=",".join(f"{k}:{v.get('type', 'returned')}" for k, v in out.items()))
+    causes = {"module": "ModuleNotFoundError", "attribute": "AttributeError",
+              "type": "TypeError", "value": "ValueError", "setstate": "TypeError"}
+    assert set(out) == set(causes)
     for what, got in out.items():
         assert got.get("type") == "CorruptError", f"{what}: {got}"
+        assert got["cause"] == causes[what], f"{what}: {got}"
+        assert got["replaced"], f"{what}: {got}"

@@ -108,3 +108,39 @@ def test_a_cache_of_the_previous_format_is_refused_with_a_clear_error(tmp_path):
     with pytest.raises(lmdbcache.FormatError, match="format 1.*reads format 3"):
         Cache(path)
     assert lmdbcache.FORMAT_VERSION == 3
+
+
+@pytest.mark.parametrize("durability", ["process", "full"])
+def test_reads_are_bounds_checked_after_open_growth_and_adoption(tmp_path, durability):
+    """Every record read is checked against the file-backed part of the map;
+    the check needs the map's base address, found from a page at open and
+    after every remap.  If it cannot be found the check silently turns off --
+    so assert it is on: after open, after this process grows the map, after
+    adopting another process's growth, and in a read-only view."""
+    path = str(tmp_path / "c")
+    c = Cache(path, durability=durability)
+    assert c._env_info()["bounds_checked"]
+    start = c._env_info()["map_size"]
+    for i in range(3000):
+        c[i] = os.urandom(1000)
+    assert c._env_info()["map_size"] > start  # grown (and remapped) here
+    assert c._env_info()["bounds_checked"]
+    code = textwrap.dedent("""
+        import os, sys
+        from lmdbcache import Cache
+        c = Cache(sys.argv[1], durability=sys.argv[2])
+        for i in range(3000, 9000):
+            c[i] = os.urandom(1000)
+        print(c._env_info()["map_size"])
+    """)
+    other = subprocess.run([sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []),
+                            "-c", code, path, durability], capture_output=True, text=True,
+                           cwd=str(tmp_path), timeout=120)
+    assert other.returncode == 0, other.stderr
+    before = c._env_info()["map_size"]
+    assert c[8999] is not None  # adopts the other process's larger map
+    assert c._env_info()["map_size"] > before
+    assert c._env_info()["bounds_checked"]
+    with Cache(path, readonly=True) as ro:
+        assert ro[5] is not None and ro._env_info()["bounds_checked"]
+    c.close()
