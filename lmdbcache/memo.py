@@ -660,8 +660,10 @@ class _Memoized:
         if store.get(version_key) != self._fp:
             with store.transaction():
                 if store.get(version_key) != self._fp:
-                    store._prefix_delete(("r", self._id))
-                    store._prefix_delete(("l", self._id))
+                    # local only (a remote tier keeps old versions' results:
+                    # their keys hold the old fingerprint, so they are never served)
+                    _core.Store._prefix_delete(store, ("r", self._id))
+                    _core.Store._prefix_delete(store, ("l", self._id))
                     store[version_key] = self._fp
         self._checked = True
 

@@ -840,23 +840,41 @@ class RemoteCache(Cache):
         local = _core.Store.delete_many(self, keys)
         return int(n) if n is not _MISS and not isinstance(n, bool) else local
 
-    def clear(self) -> None:
-        pattern = _glob_escape(self._rprefix) + b"*"
+    def _unlink_matching(self, pattern: bytes) -> Any:
+        """UNLINK every Redis key matching pattern (SCAN, in batches), then
+        tell the other nodes to drop this namespace's local copies (there is
+        no prefix message: a node then re-reads from Redis what it needs).
+        The number of keys unlinked, or _MISS when Redis is unavailable."""
         r = self._r()
 
         def write(c: Any) -> Any:
-            batch = []
+            n, batch = 0, []
             for k in c.scan_iter(match=pattern, count=1000):
                 batch.append(k)
                 if len(batch) >= 1000:
-                    c.unlink(*batch)
+                    n += c.unlink(*batch)
                     batch = []
             if batch:
-                c.unlink(*batch)
+                n += c.unlink(*batch)
             r.publish(self, b"")
+            return n
 
-        self._remote_write(write)
+        return self._remote_write(write)
+
+    def clear(self) -> None:
+        self._unlink_matching(_glob_escape(self._rprefix) + b"*")
         _core.Store.clear(self)
+
+    def _prefix_delete(self, prefix: Any) -> int:
+        """Delete the keys extending the tuple key prefix, on Redis too (memoize's
+        cache_clear: otherwise the next call would find the result in Redis).
+        A tuple key's encoding is a byte prefix of every key extending it."""
+        if not isinstance(prefix, tuple):
+            raise TypeError(f"prefix must be a tuple, not {type(prefix).__name__}")
+        pb = self._key_raw(prefix)
+        n = self._unlink_matching(_glob_escape(self._rprefix + pb) + b"*")
+        local = _core.Store._prefix_delete(self, prefix)
+        return int(n) if n is not _MISS else local
 
     def incr(self, key: Any, delta: int = 1, default: int = 0) -> int:
         for name, v in (("delta", delta), ("default", default)):

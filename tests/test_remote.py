@@ -597,3 +597,38 @@ def test_nothing_redis_acknowledged_is_lost_across_a_sigkill(tmp_path):
         assert all(a[("k", i)] == {"i": i} for i in acked)
     finally:
         srv.kill()
+
+
+def test_memoize_cache_clear_reaches_every_machine(tmp_path, url, server):
+    """cache_clear() on one machine deletes the function's results in Redis
+    and drops the other machines' local copies: the next call anywhere
+    computes again (before, the cleared result came back from Redis)."""
+    a, b = machine(tmp_path, "a", url), machine(tmp_path, "b", url)
+    calls = []
+
+    def make(cache):
+        @cache.memoize()
+        def square(x):
+            calls.append(x)
+            return x * x + len(calls) * 1000
+        return square
+
+    fa, fb = make(a), make(b)
+    first = [fa(i) for i in range(5)]
+    assert calls == list(range(5))
+    assert [fb(i) for i in range(5)] == first  # served by Redis, kept locally on b
+    assert len(calls) == 5
+
+    @b.memoize()
+    def other(x):
+        return -x
+
+    assert other(1) == -1
+    assert fa.cache_clear() == 5
+    # a neighbour's results stay in Redis
+    assert any(k.startswith(b"lmdbcache:__memo__") for k in server.client().keys())
+    again = [fa(i) for i in range(5)]
+    assert again != first and len(calls) == 10
+    # b's local copies of the old results were dropped: b sees the new ones
+    assert wait_for(lambda: [fb(i) for i in range(5)] == again, 5)
+    assert len(calls) == 10 and other(1) == -1
