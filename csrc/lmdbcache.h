@@ -2,15 +2,18 @@
  * lmdbcache.h -- internal declarations shared by the files of lmdbcache._core.
  *
  *   module.c      module state, exception types, the one error table, fork generation
- *   env.c         Env: registry and lifetime, txn begin, reads, writes
+ *   env.c         Env: registry and lifetime, txn begin, reads, writes (its CONTRACT)
+ *   envopen.c     opening an Env: lmc_env_acquire, format and signature records
  *   space.c       the file's size (never shrinks), map growth, disk reservation
  *   durability.c  guard.lock, the torn-file guard and the `unsynced` marker
  *   namespace.c   the table of open namespaces (sub-databases) of an Env
- *   codec.c       key and value encodings (the on-disk format), pickle
+ *   keys.c        key encodings (the on-disk format), keysets, long-key digests
+ *   codec.c       value encodings (the on-disk format): serializers, compression
  *   record.c      record parsing, checksum, bounds check, the one lookup (no Py*)
  *   evict.c       size_limit: eviction index, LRS/LRU culling
  *   txnops.c      every lmc_write_fn callback: runs without the GIL, no Py* call
- *   store.c       the Store type: construction, slots, single-key methods
+ *   store.c       the Store type: construction, slots, single-key reads, the type spec
+ *   storewrite.c  the single-key writes: set, add, delete, pop, lmc_store_put/remove
  *   batch.c       multi-key methods, scans, transactions, introspection
  *   iter.c        the iterator over keys, values or items
  *   rmw.c         the read-modify-write methods: incr, touch
@@ -171,7 +174,7 @@ void lmc_raise_env(lmc_state *st, int rc, const char *op, const struct lmc_env *
 /* Raise type(fmt % ...) with the current exception as its __cause__. */
 void lmc_raise_from(PyObject *type, const char *fmt, ...);
 
-/* ---- Env (env.c) ----------------------------------------------------------- */
+/* ---- Env (env.c, envopen.c) ------------------------------------------------ */
 
 typedef struct {
     char *name;            /* LMDB sub-database name: LMC_NS_PREFIX + user name */
@@ -303,6 +306,12 @@ typedef struct {
 lmc_env *lmc_env_acquire(lmc_state *st, const char *path, const lmc_options *opt);
 void lmc_env_release(lmc_env *e);
 void lmc_env_forget_all(void);
+/* env.c's registry of this process's Envs (see its CONTRACT), shared with the
+ * opening code of envopen.c; GIL held.  Unlink an Env from it, and free an
+ * Env's struct and strings (nothing else). */
+extern lmc_env *lmc_env_registry;
+void lmc_registry_unlink(lmc_env *e);
+void lmc_env_free(lmc_env *e);
 
 static inline int lmc_env_is_current(const lmc_env *e)
 {
@@ -337,6 +346,9 @@ void lmc_env_warm(lmc_env *e);
 /* Read transactions: GIL held from begin to end, no Python code in between. */
 int lmc_read_begin(lmc_env *e, MDB_txn **txn);
 void lmc_read_end(lmc_env *e, MDB_txn *txn);
+/* lmc_read_begin's slow path: begin a new read txn, kept as the Env's rtxn
+ * when it has none (also how an open takes the Env's reader slot). */
+int lmc_read_begin_slow(lmc_env *e, MDB_txn **txn);
 
 struct lmc_evict_counts;
 
@@ -446,7 +458,7 @@ int lmc_lru_flush(MDB_txn *txn, lmc_env *e);
 /* Free eviction state of a closing Env. */
 void lmc_evict_free(lmc_env *e);
 
-/* ---- codec (codec.c) ------------------------------------------------------- */
+/* ---- codec (keys.c: keys, codec.c: values) --------------------------------- */
 
 /* How a Store turns values into bytes and back (Cache(serializer=...,
  * compress=...)).  Owned by the Store; set once by Store.__init__. */
@@ -500,6 +512,10 @@ void lmc_keyset_free(lmc_keyset *ks);
 /* Decode a stored key encoding back to the Python key (may run pickle, only
  * under the pickle serializer). */
 PyObject *lmc_key_decode(const lmc_codec *c, const char *p, size_t n);
+/* Is the exception set while decoding stored bytes (a key or a value) one to
+ * report as CorruptError, with it as the cause?  (Not MemoryError, not a
+ * non-Exception such as KeyboardInterrupt, not our own errors.) */
+int lmc_decode_failed(lmc_state *st);
 
 typedef struct {
     unsigned char head[LMC_HEADER_SIZE + LMC_MAC_SIZE + 8 + 8 + 4];
@@ -586,7 +602,7 @@ PyObject *lmc_record_take(const lmc_record *rec, int *pending);
  * (steals ref). */
 PyObject *lmc_value_finish(const lmc_codec *c, PyObject *obj, int pending, const char *path);
 
-/* ---- store (store.c, batch.c, iter.c, rmw.c, args.c) ----------------------------------------- */
+/* ---- store (store.c, storewrite.c, batch.c, iter.c, rmw.c, args.c) ----------- */
 
 typedef struct {
     PyObject_HEAD
@@ -621,6 +637,8 @@ static inline void lmc_store_leave(lmc_env *e)
 }
 int lmc_store_check_writable(StoreObject *self);
 void lmc_store_count(StoreObject *self, const lmc_evict_counts *c);
+/* Raise KeyError(key) (the key wrapped in a tuple, so a tuple key survives). */
+void lmc_raise_key_error(PyObject *key);
 int lmc_parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                    const char *fname, const char *const *names, int nreq, int nmax,
                    PyObject **out);
@@ -639,6 +657,15 @@ Py_ssize_t lmc_store_remove(StoreObject *self, PyObject *const *keys, Py_ssize_t
  * across user code).  -1 with an exception; lmc_objs_free after success. */
 int lmc_objs_from(PyObject *iterable, const char *what, PyObject ***out, Py_ssize_t *n);
 void lmc_objs_free(PyObject **objs, Py_ssize_t n);
+
+/* The single-key write methods (storewrite.c), for the type spec in store.c. */
+PyObject *lmc_store_set(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames);
+PyObject *lmc_store_add(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames);
+int lmc_store_ass_subscript(StoreObject *self, PyObject *key, PyObject *value);
+PyObject *lmc_store_delete(StoreObject *self, PyObject *key);
+PyObject *lmc_store_pop(StoreObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 /* rmw.c */
 PyObject *lmc_store_incr(StoreObject *self, PyObject *const *args, Py_ssize_t nargs,

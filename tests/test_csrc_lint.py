@@ -17,7 +17,8 @@ Within each body:
 * every ``lmc_read_begin`` has an ``lmc_read_end`` in the same function.
 
 And ``csrc/txnops.c`` (the GIL-free file of the split layout), when it
-exists, calls no Python C API at all.
+exists, calls no Python C API at all; and no ``csrc/*.c`` or ``*.h`` file is
+longer than MAX_LINES lines.
 """
 import glob
 import os
@@ -214,6 +215,19 @@ def test_allowlists_name_existing_functions():
             names.update(name for name, _, _ in functions(f.read()))
     stale = sorted((set(LOCK_ALLOWLIST) | set(CURSOR_ALLOWLIST)) - names)
     assert not stale, "allowlisted functions that no longer exist: %s" % stale
+
+
+MAX_LINES = 800
+SOURCE_FILES = sorted(glob.glob(os.path.join(CSRC, "*.c")) + glob.glob(os.path.join(CSRC, "*.h")))
+
+
+@pytest.mark.parametrize("path", SOURCE_FILES, ids=os.path.basename)
+def test_file_length(path):
+    """No C file over MAX_LINES lines: a file that grows past it is split by
+    topic (as codec.c/keys.c, env.c/envopen.c, store.c/storewrite.c were)."""
+    with open(path) as f:
+        n = sum(1 for _ in f)
+    assert n <= MAX_LINES, "%s has %d lines (at most %d)" % (os.path.basename(path), n, MAX_LINES)
 
 
 def test_txnops_calls_no_python_api():
