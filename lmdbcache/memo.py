@@ -21,7 +21,9 @@ in the cache's internal ``__memo__`` namespace, where
   a class defined inside a function by its methods and class attributes).  Small scalar
   arguments stay in the key as they are; anything else is pickled and hashed
   (128-bit, ``_core._hash128``), so large arguments never bloat keys.  NumPy
-  arrays are hashed by dtype, shape and content.
+  arrays are hashed by dtype, shape and content.  A function or class in an
+  argument or a default is keyed by ``module.qualname`` when that name looks
+  up to it (_importable), else by behaviour, like a captured one.
 
 Stampede control.  With ``stampede=True`` a missing result is computed by the
 caller that wins a lease (an atomic ``add`` of ``("l", id, fingerprint, args)``
@@ -164,12 +166,19 @@ _FN_DEPTH = 8  # captured functions deeper than this are keyed without their clo
 _CLASS_DEPTH = 4  # local classes nested deeper than this are keyed by name
 _CUT = "<cut>"  # stands for a cycle or the depth limit
 
-# Per function object: (code, defaults, kwdefaults, (id, fingerprint)).  The
-# fingerprint is computed once per code version, like the decorated function's.
+# Per function object: (code, defaults, kwdefaults, (id, fingerprint), deps).
+# The fingerprint is computed once per code version, like the decorated
+# function's; deps (None when empty) is what the keys of the functions in its
+# defaults were read from (_deps_valid).
 _FN_STATIC: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # Per class defined inside a function: its key, computed when first seen.
 _CLASS_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_tls = threading.local()  # local classes whose key is being computed
+# Per function (or memoized function) passed as an argument or a default that
+# is not importable by name: (deps, compact key) (_arg_callable_key).
+_ARG_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# Thread-local: .classes, local classes whose key is being computed; .fns,
+# (function, deps) whose fingerprint is being computed (_function_static).
+_tls = threading.local()
 
 
 def _captured_key(value: Any, depth: int = 0, seen: set | None = None,
@@ -199,19 +208,95 @@ def _captured_key(value: Any, depth: int = 0, seen: set | None = None,
     return _MISS
 
 
-def _function_static(func: types.FunctionType) -> tuple:
+def _fn_stack() -> list:
+    stack = getattr(_tls, "fns", None)
+    if stack is None:
+        stack = _tls.fns = []
+    return stack
+
+
+def _merge_deps(deps: tuple | None, more: tuple | None) -> None:
+    if deps is not None and more is not None:
+        deps[0].extend(more[0])
+        deps[1].extend(more[1])
+
+
+def _function_static(func: types.FunctionType, deps: tuple | None = None) -> tuple:
     """(id, fingerprint of code and defaults) of func, cached per function
-    object and recomputed when its code or defaults are replaced."""
+    object and recomputed when its code or defaults are replaced, or when a
+    function in its defaults keyed by behaviour changed (its deps).  A function
+    whose fingerprint is being computed (a default refers back to it) or more
+    than _FN_DEPTH levels of defaults are cut: ``(id, _CUT)``."""
     code, defaults, kwdefaults = func.__code__, func.__defaults__, func.__kwdefaults__
     hit = _FN_STATIC.get(func)
-    if hit is not None and hit[0] is code and hit[1] is defaults and hit[2] is kwdefaults:
+    if hit is not None and hit[0] is code and hit[1] is defaults and hit[2] is kwdefaults \
+            and (hit[4] is None or _deps_valid(hit[4])):
+        _merge_deps(deps, hit[4])
         return hit[3]
-    static = (function_id(func), _fingerprint_of(func, func))
+    stack = _fn_stack()
+    if len(stack) >= _FN_DEPTH or any(f is func for f, _ in stack):
+        return (function_id(func), _CUT)
+    outermost = not stack
+    sdeps: tuple = ([], [])
+    stack.append((func, sdeps))
     try:
-        _FN_STATIC[func] = (code, defaults, kwdefaults, static)
-    except TypeError:  # pragma: no cover - not weak-referenceable
-        pass
+        static = (function_id(func), _fingerprint_of(func, func))
+    finally:
+        stack.pop()
+    _merge_deps(deps, sdeps)
+    if outermost:  # a fingerprint computed inside another's may hold a cut
+        try:
+            _FN_STATIC[func] = (code, defaults, kwdefaults, static,
+                                sdeps if sdeps[0] or sdeps[1] else None)
+        except TypeError:  # pragma: no cover - not weak-referenceable
+            pass
     return static
+
+
+def _importable(obj: Any) -> bool:
+    """Is obj what ``module.qualname`` names (so its name identifies it)?  Not
+    when its qualname has ``<locals>`` or ``<lambda>`` in it, its module is not
+    loaded, or the lookup finds another object (or none)."""
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(qualname, str) or "<locals>" in qualname or "<lambda>" in qualname:
+        return False
+    try:
+        found = sys.modules.get(obj.__module__)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except Exception:
+        return False
+    return found is obj
+
+
+def _arg_callable_key(value: Any) -> tuple:
+    """The key of a function or a memoized function passed as an argument or a
+    default that is not importable by name: a captured function's key, in the
+    compact ``(kind, id, digest)`` form, cached per object and reused while
+    everything it was read from is unchanged (_deps_valid)."""
+    try:
+        hit = _ARG_KEYS.get(value)
+    except TypeError:  # pragma: no cover - not weak-referenceable
+        hit = None
+    stack = _fn_stack()
+    if hit is not None and _deps_valid(hit[0]):
+        deps, key = hit
+    else:
+        outermost = not stack
+        deps = ([], [])
+        if isinstance(value, _Wrapper):
+            full = _memoized_key(value, 0, None, deps)
+        else:
+            full = _function_key(value, 0, None, deps)
+        key = (full[0], function_id(value), _digest_value(full).hex())
+        if outermost:  # keys computed inside another's may hold a cut
+            try:
+                _ARG_KEYS[value] = (deps, key)
+            except TypeError:  # pragma: no cover
+                pass
+    if stack:  # a default of a function whose fingerprint is being computed
+        _merge_deps(stack[-1][1], deps)
+    return key
 
 
 def _function_key(func: types.FunctionType, depth: int, seen: set | None,
@@ -223,7 +308,7 @@ def _function_key(func: types.FunctionType, depth: int, seen: set | None,
     recursion: the function there is keyed without its closure."""
     if deps is not None:
         deps[0].append((func, func.__code__, func.__defaults__, func.__kwdefaults__))
-    static = _function_static(func)
+    static = _function_static(func, deps)
     closure = func.__closure__
     if not closure:
         return ("<function>",) + static
@@ -288,16 +373,16 @@ def _deps_valid(deps: tuple) -> bool:
 
 
 def _class_key(cls: type) -> tuple:
-    """A class of a module: by module.qualname.  A class defined inside a
-    function (``<locals>`` in its qualname, so many classes can share it): by a
+    """A class of a module: by module.qualname.  A class that is not importable
+    by name (_importable: one defined inside a function, ``<locals>`` in its
+    qualname, so many classes can share it): by a
     digest of the keys of the attributes of each such class in its MRO --
     methods (static, class methods and properties included) as captured
     functions, immutable class attributes as they are.  Computed once per class
     object, when first seen: rebinding a method or a variable its methods
     capture later is not seen."""
     name = function_id(cls)
-    qualname = getattr(cls, "__qualname__", None)
-    if not isinstance(qualname, str) or "<locals>" not in qualname:
+    if _importable(cls):
         return ("<class>", name)
     try:
         cached = _CLASS_KEYS.get(cls)
@@ -315,8 +400,7 @@ def _class_key(cls: type) -> tuple:
     try:
         parts = []
         for klass in cls.__mro__:
-            kq = getattr(klass, "__qualname__", None)
-            if not isinstance(kq, str) or "<locals>" not in kq:
+            if _importable(klass):
                 parts.append(("<base>", function_id(klass)))
                 continue
             for attr, value in sorted(vars(klass).items()):
@@ -343,10 +427,14 @@ def _class_key(cls: type) -> tuple:
 def _canonical(value: Any, depth: int = 0) -> Any:
     """A form of value whose pickle does not depend on set order, dict insertion
     order or object identity of builtin containers, and that pickles functions
-    by name."""
+    and classes of a module by name, other functions and classes (lambdas,
+    nested functions, classes defined inside a function) by behaviour, as
+    captured ones."""
     if depth > 50:
         return value
     t = type(value)
+    if t in _SCALARS:
+        return value
     if t in (list, tuple):
         items = [_canonical(v, depth + 1) for v in value]
         return items if t is list else tuple(items)
@@ -358,10 +446,28 @@ def _canonical(value: Any, depth: int = 0) -> Any:
         items = [_canonical(v, depth + 1) for v in value]
         items.sort(key=lambda v: pickle.dumps(v, protocol=5))
         return ("<set>" if t is set else "<frozenset>", items)
-    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType)) or hasattr(
-        value, "__wrapped__"
-    ) and callable(value):
+    if t is types.FunctionType:
+        if _importable(value):
+            return ("<function>", function_id(value))
+        return _arg_callable_key(value)
+    if t is _Wrapper:  # a memoized function: keyed as the function it runs
+        inner = value._state.__wrapped__
+        if _importable(value) or type(inner) is types.FunctionType and _importable(inner):
+            return ("<function>", function_id(value))
+        if type(inner) is not types.FunctionType:  # a partial, a bound method, ...
+            return ("<memoized>", _canonical(inner, depth + 1))
+        return _arg_callable_key(value)
+    if isinstance(value, types.BuiltinFunctionType):
         return ("<function>", function_id(value))
+    if hasattr(value, "__wrapped__") and callable(value):
+        if _importable(value):
+            return ("<function>", function_id(value))
+        # a wrapper object (an lru_cache, ...) that cannot be found by name:
+        # its type and what it wraps
+        return ("<wrapped>", function_id(value), function_id(type(value)),
+                _canonical(value.__wrapped__, depth + 1))
+    if isinstance(value, type) and not _importable(value):
+        return _class_key(value)  # a class of a module pickles by name
     if isinstance(value, functools.partial):
         return ("<partial>", _canonical(value.func, depth + 1),
                 _canonical(value.args, depth + 1), _canonical(value.keywords, depth + 1))

@@ -1322,6 +1322,134 @@ def test_captured_functions_and_local_classes_are_keyed_by_behaviour(cache):
     assert use(fact_maker())(5) == 120
 
 
+def test_function_arguments_and_defaults_are_keyed_by_behaviour(cache):
+    # A function passed as an argument, or used as a default, that cannot be
+    # found by name (a lambda, a nested function) is keyed by what it does:
+    # make(1) and make(2) share a qualname, not a result.
+    import functools
+
+    def make(k):
+        return lambda x: x + k
+
+    @cache.memoize
+    def apply(fn, x):
+        LOG.append(x)
+        return fn(x)
+
+    assert apply(make(1), 10) == 11
+    assert apply(make(2), 10) == 12  # same qualname, other captured value
+    assert apply(make(1), 10) == 11  # equal behaviour: a hit
+    assert apply(fn=make(2), x=10) == 12  # bound by keyword: the same entry
+    assert LOG == [10, 10]
+
+    # Nested functions of one factory; two lambdas with one qualname and
+    # different code.
+    def make_step(k):
+        def step(x):
+            return x * k
+        return step
+
+    assert apply(make_step(2), 10) == 20
+    assert apply(make_step(3), 10) == 30
+    lams = [lambda x: x + 1, lambda x: x * 100]
+    assert lams[0].__qualname__ == lams[1].__qualname__
+    assert apply(lams[0], 5) == 6
+    assert apply(lams[1], 5) == 500
+
+    # Inside containers and partials, and a memoized local function.
+    @cache.memoize
+    def apply_all(fns, x):
+        return [f(x) for f in fns]
+
+    assert apply_all([make(1), make_step(2)], 3) == [4, 6]
+    assert apply_all([make(2), make_step(2)], 3) == [5, 6]
+    assert apply(functools.partial(make_step(2)), 7) == 14
+    assert apply(functools.partial(make_step(5)), 7) == 35
+    assert apply(cache.memoize(make(100)), 1) == 101
+    assert apply(cache.memoize(make(200)), 1) == 201
+
+    # A function the argument captures is keyed by behaviour too, and a value
+    # it captures is read at each call.
+    def compose(f):
+        return lambda x: f(x) * 2
+
+    assert apply(compose(make(1)), 1) == 4
+    assert apply(compose(make(3)), 1) == 8
+    k = 1
+
+    def add_k(x):
+        return x + k
+
+    assert apply(add_k, 1) == 2
+    k = 2
+    assert apply(add_k, 1) == 3
+
+    # Classes defined inside a function.
+    def klass(k):
+        class Op:
+            def run(self, x):
+                return x + k
+        return Op
+
+    assert apply(lambda x, c=klass(1): c().run(x), 1) == 2
+    assert apply(lambda x, c=klass(2): c().run(x), 1) == 3
+
+    @cache.memoize
+    def run_class(cls, x):
+        return cls().run(x)
+
+    assert run_class(klass(1), 1) == 2
+    assert run_class(klass(2), 1) == 3
+
+    # A default value of the memoized function's parameters.
+    def use_default(k):
+        @cache.memoize
+        def f(x, fn=make(k)):
+            return fn(x)
+        return f
+
+    assert use_default(1)(10) == 11
+    assert use_default(2)(10) == 12
+    assert use_default(1)(10) == 11
+
+    # A function whose default is itself (a cycle) is keyed, not recursed into.
+    def selfish(x, me=None):
+        return x
+
+    selfish.__defaults__ = (selfish,)
+    assert apply(selfish, 4) == 4
+    assert apply(selfish, 4) == 4
+
+
+def test_importable_function_arguments_keep_their_name_key(cache):
+    # A function of a module (found by module.qualname) is keyed by its name,
+    # exactly as before behaviour keys: the key of a call passing one is the
+    # digest of ("<function>", "module.qualname"), so entries stored by
+    # earlier versions are still found.
+    import functools
+    from lmdbcache import memo
+
+    @cache.memoize
+    def apply(fn, x):
+        return fn(x, x)
+
+    def old_key(*values):
+        parts = []
+        for v in values:
+            if isinstance(v, functools.partial):
+                v = ("<partial>", ("<function>", memo.function_id(v.func)), v.args, ("<dict>", []))
+            elif callable(v):
+                v = ("<function>", memo.function_id(v))
+            parts.append(memo._hash128(pickle.dumps(v, protocol=5)))
+        return apply._state._prefix + (memo._hash128(b"".join(parts)),)
+
+    assert apply._state._key((_add, 3), {}) == old_key(_add, 3)
+    assert apply._state._key((functools.partial(_mul), 3), {}) == old_key(
+        functools.partial(_mul), 3)
+    assert apply._state._key((len, 3), {}) == old_key(len, 3)
+    assert apply(_add, 3) == 6 and apply(_mul, 3) == 9
+
+
 def test_joblib_scenarios_lambda_nested_args_as_kwargs(cache):
     lam = cache.memoize(lambda x, y=1: LOG.append((x, y)) or x + y)
     assert lam(1) == lam(1, 1) == lam(x=1, y=1) == lam(1, y=1) == 2
