@@ -85,6 +85,7 @@ def main(argv=None) -> int:
 
         for k in keys:
             remote[k] = VALUE
+            plain[k] = VALUE  # the same entries: a hit walks a B-tree of the same depth
         raw_keys = [f"raw:{i}".encode() for i in range(nr)]
         blob = pickle.dumps(VALUE, protocol=5)
         for k in raw_keys:

@@ -396,11 +396,7 @@ class _Remote:
                     now = time.monotonic()
                     if now - last_check > 0.5:
                         last_check = now
-                        for cache in list(self.caches.values()):
-                            try:
-                                cache._check_generation()
-                            except Exception:  # noqa: BLE001
-                                pass
+                        self._check_generations()
             except Exception as exc:  # noqa: BLE001 - the listener must survive
                 for ev in list(self.origins.values()):
                     ev.clear()
@@ -416,6 +412,16 @@ class _Remote:
                         pubsub.close()
                     except Exception:  # noqa: BLE001
                         pass
+
+    def _check_generations(self) -> None:
+        # a function of its own: a loop variable left in the listener's
+        # long-lived frame would keep the last cache alive (and its patterns
+        # subscribed) after the user dropped it
+        for cache in list(self.caches.values()):
+            try:
+                cache._check_generation()
+            except Exception:  # noqa: BLE001
+                pass
 
     def _apply(self, tok: bytes | None, data: bytes) -> None:
         """Another node wrote: drop the copies in the local tiers of node tok."""

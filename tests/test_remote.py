@@ -533,6 +533,9 @@ def test_a_closed_paths_patterns_are_dropped(tmp_path, url, server):
     b = machine(tmp_path, "b", url, remote_prefix="drop:")
     r = a._r()
     assert len(r.origins) == 2
+    # let the listener's periodic generation check (every 0.5 s) visit b: it
+    # must not keep a reference to it afterwards
+    time.sleep(1.2)
     del b
     gc.collect()
     assert wait_for(lambda: len(r.origins) == 1, 5)
