@@ -47,7 +47,8 @@ test: install
 	$(VENV)/bin/python -P -m pytest -q -p no:cacheprovider --import-mode=importlib tests
 
 # The whole suite on every CPython 3.10-3.13 found (pyenv or python3.X on PATH),
-# each in its own .venv-3.X; versions not found are listed and skipped.
+# each in its own .venv-3.X; versions not found are listed and skipped
+# (PY_REQUIRE=1: a version not found fails the run).
 test-all: deps
 	scripts/test-all.sh
 

@@ -2,13 +2,26 @@
 # make test-all: run the whole test suite on every CPython 3.10-3.13 this
 # machine has (pyenv's versions directory, then python3.X on PATH), each in its
 # own venv (.venv-3.X), built from this tree with the test extra.  Versions not
-# found are reported and skipped; the run fails only when a found version fails
-# (or when none is found at all).
+# found are reported and skipped (unless PY_REQUIRE=1); the run fails when a
+# found version fails, when none is found at all, or -- with PY_REQUIRE=1 --
+# when any requested version is not found.
+#
+# Environment:
+#   PY_VERSIONS  the versions to run (default "3.10 3.11 3.12 3.13")
+#   PY_REQUIRE=1 every version in PY_VERSIONS is required: one not found is a
+#                failure (reported as "not found (required)"), not a skip:
+#                for CI, where a missing interpreter must not pass silently.
+#   PIP_FLAGS    flags for pip install (default "-q --disable-pip-version-check")
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 VERSIONS=${PY_VERSIONS:-"3.10 3.11 3.12 3.13"}
 PIP_FLAGS=${PIP_FLAGS:-"-q --disable-pip-version-check"}
+PY_REQUIRE=${PY_REQUIRE:-0}
+case $PY_REQUIRE in
+    0|1) ;;
+    *) echo "test-all: PY_REQUIRE must be 0 or 1, not '$PY_REQUIRE'" >&2; exit 2 ;;
+esac
 
 pyenv_root=""
 if command -v pyenv >/dev/null 2>&1; then
@@ -38,11 +51,16 @@ find_python() {
     return 1
 }
 
-passed=() failed=() skipped=()
+passed=() failed=() skipped=() missing=()
 for v in $VERSIONS; do
     if ! py=$(find_python "$v"); then
-        echo "=== Python $v: not found, skipped"
-        skipped+=("$v")
+        if [ "$PY_REQUIRE" = 1 ]; then
+            echo "=== Python $v: not found (required: PY_REQUIRE=1)"
+            missing+=("$v")
+        else
+            echo "=== Python $v: not found, skipped"
+            skipped+=("$v")
+        fi
         continue
     fi
     echo "=== Python $v: $py"
@@ -63,8 +81,12 @@ for v in $VERSIONS; do
     if [ $ok = 1 ]; then passed+=("$v"); else failed+=("$v"); echo "=== Python $v: FAILED"; fi
 done
 
-echo "=== test-all: passed: ${passed[*]:-none}; failed: ${failed[*]:-none}; not found (skipped): ${skipped[*]:-none}"
-if [ ${#failed[@]} -gt 0 ]; then
+if [ "$PY_REQUIRE" = 1 ]; then
+    echo "=== test-all: passed: ${passed[*]:-none}; failed: ${failed[*]:-none}; not found (required): ${missing[*]:-none}"
+else
+    echo "=== test-all: passed: ${passed[*]:-none}; failed: ${failed[*]:-none}; not found (skipped): ${skipped[*]:-none}"
+fi
+if [ ${#failed[@]} -gt 0 ] || [ ${#missing[@]} -gt 0 ]; then
     exit 1
 fi
 if [ ${#passed[@]} -eq 0 ]; then

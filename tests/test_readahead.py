@@ -1,6 +1,7 @@
 """MDB_NORDAHEAD by default, with a sequential warm-up before whole-file scans
 (issue 12, item 5; measurements in docs/architecture.md, "Readahead")."""
 import os
+import sys
 
 import pytest
 
@@ -44,3 +45,41 @@ def test_warm_up_keeps_lock_file_locks(tmp_path):
             pytest.skip("py-lmdb unavailable")
         assert os.WEXITSTATUS(status) == 0, "the parent's reader slot was reclaimed"
         assert c[3] == 3
+
+
+def data_map_vmflags(path):
+    """VmFlags of every mapping of *path*/data.mdb in this process."""
+    target = os.path.realpath(os.path.join(path, "data.mdb"))
+    found, name = [], None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if head and head[0].count("-") == 1 and not head[0].endswith(":"):
+                name = head[5].strip() if len(head) > 5 else None
+            elif line.startswith("VmFlags:") and name == target:
+                found.append(set(line.split()[1:]))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.exists("/proc/self/smaps"),
+                    reason="reads the mapping's VmFlags in /proc/self/smaps")
+@pytest.mark.parametrize("durability", ["process", "full"])
+def test_default_maps_without_readahead(tmp_path, durability):
+    """MDB_NORDAHEAD is the default: LMDB then madvise(MADV_RANDOM)s its map,
+    which /proc/self/smaps shows as the VmFlag "rr" -- on the first map, and
+    again after the map grew.  readahead=True leaves the map as the kernel
+    made it (no "rr")."""
+    for readahead, want in ((None, True), (False, True), (True, False)):
+        path = str(tmp_path / f"c-{readahead}")
+        kw = {} if readahead is None else {"readahead": readahead}
+        with lmdbcache.Cache(path, durability=durability, **kw) as c:
+            c["k"] = b"v"
+            assert c["k"] == b"v"
+            first = c.info()["map_size"]
+            flags = data_map_vmflags(path)
+            assert flags, "no mapping of data.mdb in /proc/self/smaps"
+            assert all(("rr" in f) is want for f in flags), (readahead, flags)
+            c.set_many({i: os.urandom(2000) for i in range(3000)})  # ~6 MiB: the map grows
+            assert c.info()["map_size"] > first
+            flags = data_map_vmflags(path)
+            assert flags and all(("rr" in f) is want for f in flags), (readahead, "grown", flags)

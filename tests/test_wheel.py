@@ -1,9 +1,11 @@
 """The self-contained wheel: LMDB compiled in, installed with --no-deps into a
-fresh venv, passes a smoke script and the core tests run against it (not
-against the source tree), and its extension needs no liblmdb.so."""
+fresh venv, passes a smoke script and the core, semantics, fork-safety and
+crash tests run against it (not against the source tree), and its extension
+needs no liblmdb.so."""
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -60,7 +62,8 @@ def wheel_venv(tmp_path_factory):
     vpy = str(venv / "bin" / "python")
     pip = [vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     run([*pip, "--no-deps", whl], timeout=300)
-    # what the core tests import beside lmdbcache (py-lmdb reads the files back)
+    # what the core, fork and crash tests import beside lmdbcache (py-lmdb reads
+    # the files back; tests/_workers.py and the crash scenarios need nothing else)
     run([*pip, "pytest", "lmdb"], timeout=300)
     return whl, venv, vpy, out.stderr
 
@@ -85,14 +88,40 @@ def test_smoke_against_the_wheel(wheel_venv, tmp_path):
     assert "smoke ok" in out.stdout
 
 
+def run_suites_against_the_wheel(vpy, tmp_path, *names, timeout):
+    # From an empty directory: the installed wheel is imported, never ROOT/lmdbcache
+    # (the tests' children and spawned workers start there too).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    # its own session: a hang kills the whole group (the suites' children too)
+    proc = subprocess.Popen(
+        [vpy, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--import-mode=importlib",
+         "-rs", *[str(TESTS / n) for n in names]],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(names)} against the wheel: still running after {timeout} s\n"
+                    + out[-5000:] + err[-3000:], pytrace=False)
+    assert proc.returncode == 0, out[-5000:] + err[-3000:]
+    assert " passed" in out
+    return out
+
+
 def test_core_tests_against_the_wheel(wheel_venv, tmp_path):
     _, venv, vpy, _ = wheel_venv
-    # From an empty directory: the installed wheel is imported, never ROOT/lmdbcache.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run(
-        [vpy, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--import-mode=importlib",
-         str(TESTS / "test_core.py"), str(TESTS / "test_semantics.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout
+    run_suites_against_the_wheel(vpy, tmp_path, "test_core.py", "test_semantics.py", timeout=900)
+
+
+def test_fork_and_crash_tests_against_the_wheel(wheel_venv, tmp_path):
+    """Fork safety and never-crash scenarios with the statically linked LMDB
+    (35-45 s on a shared 2-core machine).  Every test of both files runs:
+    none may skip.  They catch what the core tests do not: built with
+    -DMDB_USE_ROBUST=0 the wheel passes test_core/test_semantics, but a
+    SIGKILLed writer leaves the write mutex locked and these hang."""
+    _, venv, vpy, _ = wheel_venv
+    out = run_suites_against_the_wheel(vpy, tmp_path, "test_fork.py", "test_crash.py", timeout=300)
+    assert "skipped" not in out, out[-3000:]
