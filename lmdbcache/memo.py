@@ -173,8 +173,9 @@ _CUT = "<cut>"  # stands for a cycle or the depth limit
 _FN_STATIC: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # Per class defined inside a function: its key, computed when first seen.
 _CLASS_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-# Per function (or memoized function) passed as an argument or a default that
-# is not importable by name: (deps, compact key) (_arg_callable_key).
+# Per function (or memoized function) captured by a memoized closure, or passed
+# as an argument or a default and not importable by name: (deps, compact key)
+# (_arg_callable_key).
 _ARG_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # Thread-local: .classes, local classes whose key is being computed; .fns,
 # (function, deps) whose fingerprint is being computed (_function_static).
@@ -270,8 +271,9 @@ def _importable(obj: Any) -> bool:
 
 
 def _arg_callable_key(value: Any) -> tuple:
-    """The key of a function or a memoized function passed as an argument or a
-    default that is not importable by name: a captured function's key, in the
+    """The key of a function or a memoized function a memoized closure
+    captures, or one passed as an argument or a default that is not
+    importable by name: a captured function's key, in the
     compact ``(kind, id, digest)`` form, cached per object and reused while
     everything it was read from is unchanged (_deps_valid)."""
     try:
@@ -574,7 +576,6 @@ class _Memoized:
         self._misses = 0
         closure = getattr(self._target, "__closure__", None) if self._holder is self._target else None
         self._closure = closure or None
-        self._captured_cache: dict = {}  # closure cell index -> (value, deps, key)
         try:
             sig = inspect.signature(func)
         except (TypeError, ValueError):
@@ -667,13 +668,14 @@ class _Memoized:
             out.append(("self" if kind == "self" else "<partial>", value))
         if self._closure:
             captured = []
-            for i, cell in enumerate(self._closure):
+            for cell in self._closure:
                 try:
                     value = cell.cell_contents
                 except ValueError:  # an empty cell
                     continue
                 if type(value) is types.FunctionType or isinstance(value, _Wrapper):
-                    v = self._callable_key(i, value)
+                    # cached per function while what its key was read from holds
+                    v = _arg_callable_key(value)
                 else:
                     v = _captured_key(value)
                 if v is not _MISS:
@@ -681,20 +683,6 @@ class _Memoized:
             if captured:
                 out.append(("<closure>", tuple(captured)))
         return out
-
-    def _callable_key(self, i: int, value: Any) -> tuple:
-        """The key of the function (or memoized function) in closure cell *i*:
-        computed when the cell is rebound or anything the key was read from
-        changes (_deps_valid), else reused, so a hit does not walk and digest
-        the captured function again.  A compact ``(kind, id, digest)``."""
-        hit = self._captured_cache.get(i)
-        if hit is not None and hit[0] is value and _deps_valid(hit[1]):
-            return hit[2]
-        deps: tuple = ([], [])
-        full = _captured_key(value, 0, None, deps)
-        key = (full[0], function_id(value), _digest_value(full).hex())
-        self._captured_cache[i] = (value, deps, key)
-        return key
 
     def _key(self, args: tuple, kwargs: dict) -> tuple:
         """prefix + the bound argument values when they are all small scalars

@@ -190,7 +190,6 @@ class _Remote:
         # then may a value from (or written to) Redis be kept in that node's
         # local tier, since only then will a later write elsewhere invalidate it
         self.origins: dict[bytes, threading.Event] = {}
-        self.owner: dict[bytes, bytes] = {}  # pattern -> token
         self.pid = os.getpid()
         self.down = False
         self.warned = False
@@ -304,11 +303,8 @@ class _Remote:
     def add_origin(self, tok: bytes) -> None:
         """Listen for the writes of every node but the one whose token is tok."""
         with self.lock:
-            if tok in self.origins:
-                return
-            for p in _patterns(self.base_glob, tok):
-                self.owner[p] = tok
-            self.origins[tok] = threading.Event()
+            if tok not in self.origins:
+                self.origins[tok] = threading.Event()
 
     def listening(self, cache: "RemoteCache") -> bool:
         ev = self.origins.get(cache._token)
@@ -331,7 +327,7 @@ class _Remote:
             pubsub = None
             try:
                 pubsub = self.client.pubsub()
-                sent: set[bytes] = set()  # tokens whose patterns this connection asked for
+                owner: dict[bytes, bytes] = {}  # pattern asked for -> its token
                 pending: dict[bytes, bytes] = {}  # a token's last pattern -> the token
 
                 def subscribe_new() -> None:
@@ -343,23 +339,24 @@ class _Remote:
                         gone = [t for t in self.origins if t not in live]
                         for tok in gone:
                             del self.origins[tok]
-                            for p in _patterns(self.base_glob, tok):
-                                self.owner.pop(p, None)
+                        sent = set(owner.values())
                         new = [t for t in self.origins if t not in sent]
                     for tok in gone:
                         if tok in sent:
-                            sent.discard(tok)
-                            pubsub.punsubscribe(*_patterns(self.base_glob, tok))
+                            pats = _patterns(self.base_glob, tok)
+                            for p in pats:
+                                del owner[p]
+                            pubsub.punsubscribe(*pats)
                     for tok in new:
                         pats = _patterns(self.base_glob, tok)
+                        owner.update(dict.fromkeys(pats, tok))
                         pubsub.psubscribe(*pats)
-                        sent.add(tok)
                         pending[pats[-1]] = tok
 
                 def handle(msg: Any, confirmed: list) -> None:
                     kind = msg.get("type")
                     if kind == "pmessage":
-                        self._apply(self.owner.get(msg["pattern"]), msg["data"])
+                        self._apply(owner.get(msg["pattern"]), msg["data"])
                     elif kind == "psubscribe":
                         tok = pending.pop(msg["channel"], None)
                         if tok is not None:
